@@ -13,9 +13,20 @@ from pathlib import Path
 
 import gradio as gr
 
-from classifier import DEFAULT_MODEL, Classifier, ImageError, ModelLoadError, load_classifier
+from classifier import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    Classifier,
+    ImageError,
+    ModelLoadError,
+    load_classifier,
+)
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
+MAX_FILE_SIZE = "20mb"
+"""Uploads above this are refused by Gradio before they reach the classifier."""
+QUEUE_SIZE = 32
+"""Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
 TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
@@ -45,8 +56,9 @@ def build_demo(
     model_name: str = "an ImageNet model",
     examples: Sequence[str] = EXAMPLES,
     top_k: int = 5,
+    queue_size: int = QUEUE_SIZE,
 ) -> gr.Interface:
-    """The Gradio interface around `classifier`; its API endpoint is `/predict`."""
+    """The Gradio interface around `classifier`, queued; its API endpoint is `/predict`."""
 
     def classify(image: str | None) -> dict[str, float]:
         if image is None:
@@ -56,7 +68,7 @@ def build_demo(
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
 
-    return gr.Interface(
+    demo = gr.Interface(
         fn=classify,
         inputs=ImageFile(
             type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Photo"
@@ -69,6 +81,7 @@ def build_demo(
         api_name="predict",
         delete_cache=(3600, 3600),  # hourly, remove cached uploads older than an hour
     )
+    return demo.queue(max_size=queue_size)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,19 +92,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"torchvision model (default {DEFAULT_MODEL})")
     parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument(
+        "--max-file-size", default=MAX_FILE_SIZE, help=f"largest upload, e.g. 5mb (default {MAX_FILE_SIZE})"
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        help=f"largest image in megapixels (default {DEFAULT_MAX_PIXELS / 1e6:g})",
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        classifier = load_classifier(args.model, weights=args.weights, device=args.device)
+        classifier = load_classifier(
+            args.model,
+            weights=args.weights,
+            device=args.device,
+            max_pixels=round(args.max_megapixels * 1e6),
+        )
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    demo = build_demo(classifier, model_name=args.model)
-    demo.queue(max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None)
+    demo = build_demo(classifier, model_name=args.model, queue_size=args.queue_size)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share or None,  # None: Gradio's own default, a link only where GRADIO_SHARE asks
+        max_file_size=args.max_file_size,
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,7 +116,9 @@ def _open(source: str | os.PathLike | bytes | bytearray | memoryview, max_pixels
     if not data:
         raise ImageError(f"{name} is empty (0 bytes).")
     try:
-        return Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # our own, stricter pixel limit applies right after opening
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         # PIL's own guard fires while reading the header, before we see the size: say it our way.
         pixels = re.search(r"\((\d+) pixels\)", str(e))
@@ -282,6 +285,8 @@ def load_classifier(
     model: str = DEFAULT_MODEL,
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Classifier:
     """A `Classifier` for a torchvision model with ImageNet-1k weights.
 
@@ -300,7 +305,8 @@ def load_classifier(
     else:
         net = torchvision.models.get_model(model, weights=None)
         _load_local_weights(net, model, Path(weights))
-    return Classifier(net, labels, transform=pretrained_weights(model).transforms(), device=device)
+    transform = pretrained_weights(model).transforms()
+    return Classifier(net, labels, transform=transform, device=device, max_pixels=max_pixels)
 
 
 def pretrained_weights(model: str) -> torchvision.models.WeightsEnum:

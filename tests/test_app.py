@@ -13,20 +13,6 @@ import app
 from conftest import EXAMPLES, EXPECTED, ROOT, free_port
 
 
-@pytest.fixture(scope="module")
-def server(oracle):
-    demo = app.build_demo(oracle, model_name="EfficientNet-Lite0")
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server, verbose=False)
-
-
 def assert_top5(result, expected_top=None):
     confidences = [entry["confidence"] for entry in result["confidences"]]
     assert len(confidences) == 5

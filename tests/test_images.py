@@ -7,14 +7,9 @@ from PIL import Image
 
 from classifier import ImageError, load_image
 from conftest import EXAMPLES
+from hostile import encode, exif_rotated_jpeg
 
 RED = (220, 30, 30)
-
-
-def encode(image: Image.Image, format: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **params)
-    return buffer.getvalue()
 
 
 def centre(image: Image.Image) -> tuple[int, int, int]:
@@ -92,13 +87,6 @@ def test_animated_gif_and_webp_use_the_first_frame():
         data = encode(frames[0], format, save_all=True, append_images=frames[1:], duration=100, loop=0)
         assert Image.open(io.BytesIO(data)).n_frames == 3
         assert close(centre(load_image(data)), (255, 0, 0), 30), format
-
-
-def exif_rotated_jpeg(image: Image.Image) -> bytes:
-    """What a phone writes: pixels stored sideways, plus EXIF Orientation 6 ("rotate 90° clockwise")."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encode(image.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
 
 
 def test_exif_orientation_is_applied():
