@@ -1,0 +1,155 @@
+"""The demo in a real browser (Debian's Chromium driven by Playwright), checked as a person sees it.
+
+The app runs on 127.0.0.1 with the real EfficientNet-Lite0 model, so the predictions are real.
+If Chromium is missing these tests fail loudly: .ci/run installs it.
+"""
+
+import base64
+import os
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
+from conftest import EXAMPLES, EXPECTED
+from hostile import corpus
+
+DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
+BARS = '[data-testid="label"] .confidence-set'
+TOAST = ".toast-body"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI installs it and fails without)"
+        )
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, *FAKE_WEBCAM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write", "camera"], origin=server.rstrip("/"))
+    page = context.new_page()
+    page.goto(server)
+    page.locator(DROP_ZONE).wait_for()
+    yield page
+    context.close()
+
+
+def submit_and_read_chart(page) -> list[tuple[str, float]]:
+    page.get_by_role("button", name="Submit").click()
+    page.locator(BARS).nth(4).wait_for(timeout=30_000)
+    expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+    return shown_predictions(page)
+
+
+def assert_chart(predictions, expected_top=None):
+    labels = [label for label, _ in predictions]
+    percentages = [percentage for _, percentage in predictions]
+    assert len(predictions) == 5 and len(set(labels)) == 5
+    assert percentages == sorted(percentages, reverse=True) and percentages[0] > 0
+    if expected_top:
+        assert labels[0] in expected_top, predictions
+
+
+def test_upload_through_the_file_chooser(page):
+    with page.expect_file_chooser() as chooser:
+        page.locator(DROP_ZONE).click()
+    chooser.value.set_files(EXAMPLES / "cat.jpg")
+    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+
+
+def test_drag_and_drop_a_file_onto_the_image_area(page):
+    data = base64.b64encode((EXAMPLES / "coffee.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """data => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "coffee.jpg", {type: "image/jpeg"}));
+            return transfer;
+        }""",
+        data,
+    )
+    zone = page.locator(DROP_ZONE)
+    for event in ("dragenter", "dragover", "drop"):
+        zone.dispatch_event(event, {"dataTransfer": transfer})
+    assert_chart(submit_and_read_chart(page), EXPECTED["coffee.jpg"])
+
+
+def test_paste_from_the_clipboard(page):
+    data = base64.b64encode((EXAMPLES / "rocket.jpg").read_bytes()).decode()
+    page.evaluate(
+        """async data => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const bitmap = await createImageBitmap(new Blob([bytes], {type: "image/jpeg"}));
+            const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+            canvas.getContext("2d").drawImage(bitmap, 0, 0);
+            const png = await canvas.convertToBlob({type: "image/png"});  // what a copied image is
+            await navigator.clipboard.write([new ClipboardItem({"image/png": png})]);
+        }""",
+        data,
+    )
+    page.get_by_role("button", name="Paste from clipboard").click()
+    assert_chart(submit_and_read_chart(page), EXPECTED["rocket.jpg"])
+
+
+def test_click_an_example(page):
+    page.locator('[data-testid="examples"] img, .gallery img').nth(1).click()  # coffee.jpg (sorted)
+    assert_chart(submit_and_read_chart(page), EXPECTED["coffee.jpg"])
+
+
+def test_webcam_capture_gets_five_bars(page):
+    """Chromium's fake camera shows a test pattern: the chart must appear, whatever it says."""
+    page.get_by_role("button", name="Capture from camera").click()
+    page.get_by_text("Click to Access Webcam").click()
+    expect(page.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
+    page.wait_for_timeout(1000)  # let the fake stream produce frames
+    page.get_by_role("button", name="capture photo").click()
+    expect(page.locator('[data-testid="image"] img:not(.hide)').first).to_be_visible(timeout=20_000)
+    assert_chart(submit_and_read_chart(page))
+
+
+def test_non_image_upload_shows_a_friendly_error_and_the_next_upload_works(page, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is not a photo")
+    page.set_input_files("input[type=file]", fake)
+    page.get_by_role("button", name="Submit").click()
+    toast = page.locator(TOAST).first
+    expect(toast).to_contain_text("This file is not an image we can read (PNG, JPEG, WebP, GIF, BMP, TIFF).")
+    assert "Traceback" not in toast.inner_text() and "upstream" not in toast.inner_text()
+    page.get_by_role("button", name="Clear", exact=True).first.click()  # the form's Clear
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+
+
+@pytest.mark.parametrize("case", [c for c in corpus() if c.error], ids=lambda case: case.name)
+def test_hostile_uploads_show_their_error_on_the_page(page, case, tmp_path):
+    path = tmp_path / case.name
+    path.write_bytes(case.data)
+    page.set_input_files("input[type=file]", path)
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator(TOAST).first).to_contain_text(case.error, timeout=30_000)
+
+
+def test_phone_viewport_is_usable_without_horizontal_scrolling(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server)
+    page.locator(DROP_ZONE).wait_for()
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for locator in (
+        page.locator('[data-testid="image"]'),
+        page.get_by_role("button", name="Submit"),
+        page.locator('[data-testid="label"]'),
+    ):
+        box = locator.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    context.close()
