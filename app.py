@@ -16,6 +16,7 @@ import gradio as gr
 from classifier import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
+    PRECISIONS,
     Classifier,
     ImageError,
     ModelLoadError,
@@ -93,6 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fast", help="fast (default) or exact (fp32 PyTorch)"
+    )
+    parser.add_argument(
         "--max-file-size", default=MAX_FILE_SIZE, help=f"largest upload, e.g. 5mb (default {MAX_FILE_SIZE})"
     )
     parser.add_argument(
@@ -115,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights=args.weights,
             device=args.device,
             max_pixels=round(args.max_megapixels * 1e6),
+            precision=args.precision,
         )
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,16 +11,22 @@ same classifier serves the web demo, the command line and anyone importing it.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import io
 import json
+import logging
 import os
 import re
 import sys
+import tempfile
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +40,10 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MAX_ASPECT_RATIO = 4.0
 """Longer images are centre-cropped to this ratio before resizing (see `Classifier.preprocess`)."""
 READABLE_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+PRECISIONS = ("fast", "exact")
+"""fast: the quickest engine that keeps the answers (`select_engine`); exact: PyTorch fp32."""
+
+logger = logging.getLogger(__name__)
 
 # ImageNet gives two pairs of classes the same name; these WordNet ids tell them apart.
 _DISAMBIGUATIONS = {
@@ -201,6 +211,46 @@ def default_transform() -> Callable[[Image.Image], torch.Tensor]:
     return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()
 
 
+class FusedEvalTransform:
+    """torchvision's ImageClassification preset (resize, centre crop, normalise), fused for speed.
+
+    Resizes only the pixels inside the crop, in one PIL call, and normalises in NumPy, leaving torch's
+    thread pool idle for the engine. The parameters come from the preset; the output matches it to within
+    about one grey level at the crop's edges (tests/test_classifier.py measures it).
+    """
+
+    def __init__(self, preset: torch.nn.Module) -> None:
+        self.preset = preset
+        self.resize_size = list(preset.resize_size)
+        self.crop_size = list(preset.crop_size)
+        self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+            preset.interpolation.value
+        ]
+        self.mean = np.array(preset.mean, dtype=np.float32) * 255
+        self.scale = 1 / (np.array(preset.std, dtype=np.float32) * 255)
+
+    @staticmethod
+    def fits(transform: object) -> bool:
+        return isinstance(transform, torchvision.transforms._presets.ImageClassification) and (
+            len(transform.resize_size) == 1 and len(transform.crop_size) == 1
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        shorter, crop = self.resize_size[0], self.crop_size[0]
+        # The preset's arithmetic: shorter side to `shorter`, longer side truncated, crop offset rounded.
+        if width <= height:
+            resized_w, resized_h = shorter, int(shorter * height / width)
+        else:
+            resized_w, resized_h = int(shorter * width / height), shorter
+        x_scale, y_scale = width / resized_w, height / resized_h  # source pixels per resized pixel
+        left, top = round((resized_w - crop) / 2), round((resized_h - crop) / 2)
+        box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+        pixels = np.asarray(image.resize((crop, crop), self.resample, box=box), dtype=np.float32)
+        normalised = (pixels - self.mean) * self.scale
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
 class Classifier:
     """Wraps a model mapping an (N, 3, H, W) float batch to (N, classes) logits.
 
@@ -217,6 +267,7 @@ class Classifier:
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         device: str | torch.device | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = "fast",
     ) -> None:
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique, or the label -> probability dict merges classes")
@@ -227,6 +278,26 @@ class Classifier:
         self.max_pixels = max_pixels
         resize = getattr(self.transform, "resize_size", None)  # torchvision presets tell their size
         self._decode_side = resize[0] if isinstance(resize, (list, tuple)) and resize else None
+        if precision == "fast" and FusedEvalTransform.fits(self.transform):
+            self.transform = FusedEvalTransform(self.transform)
+        self.engine, self._run = self._prepare_engine(select_engine(self.device, precision))
+
+    def _prepare_engine(self, engine: str) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Set the model up for `engine`; OpenVINO falls back to PyTorch if it can't take the model."""
+        if engine == "openvino-fp32":
+            example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
+            try:
+                return engine, _openvino_runner(self.model, example)
+            except Exception as e:  # a missing plugin, an unsupported layer: PyTorch always works
+                logger.warning("OpenVINO could not take the model (%s); using PyTorch instead.", e)
+                engine = "torch-fp32-channels-last"
+        if engine == "torch-fp16-channels-last":
+            model = self.model.half().to(memory_format=torch.channels_last)
+            return engine, lambda batch: model(batch.half().contiguous(memory_format=torch.channels_last))
+        if engine == "torch-fp32-channels-last":
+            model = self.model.to(memory_format=torch.channels_last)
+            return engine, lambda batch: model(batch.contiguous(memory_format=torch.channels_last))
+        return engine, self.model
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """Decode one image and turn it into the model's input tensor (C, H, W)."""
@@ -236,7 +307,7 @@ class Classifier:
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W)."""
         with torch.inference_mode():
-            logits = self.model(batch.to(self.device))
+            logits = self._run(batch.to(self.device))
             return logits.float().softmax(dim=-1).cpu()
 
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> dict[str, float]:
@@ -256,6 +327,75 @@ class Classifier:
             return []
         batch = torch.stack([self.preprocess(image) for image in images])
         return [self.postprocess(p, top_k) for p in self.forward(batch)]
+
+
+def select_engine(device: torch.device, precision: str = "fast", openvino: bool | None = None) -> str:
+    """How the forward pass runs.
+
+    exact: PyTorch fp32, the reference. fast: on CUDA, fp16 with channels_last; on CPU, OpenVINO in fp32
+    when it is installed (about 2x PyTorch here, same answers to 1e-5), else PyTorch with channels_last.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "exact":
+        return "torch-fp32"
+    if device.type == "cuda":
+        return "torch-fp16-channels-last"
+    if openvino is None:
+        openvino = importlib.util.find_spec("openvino") is not None
+    return "openvino-fp32" if openvino and device.type == "cpu" else "torch-fp32-channels-last"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $IMAGE_CLASSIFIER_CACHE, else ~/.cache/image-classifier."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "image-classifier"
+    return Path(os.environ.get("IMAGE_CLASSIFIER_CACHE", default))
+
+
+def _openvino_runner(model: torch.nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Convert `model` to OpenVINO once (cached on disk, keyed by its weights) and compile it for the CPU."""
+    import openvino as ov
+
+    key = hashlib.sha256(f"{type(model).__qualname__}|{tuple(example.shape)}|{ov.__version__}".encode())
+    for name, tensor in model.state_dict().items():
+        key.update(name.encode())
+        key.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    path = cache_dir() / "openvino" / f"{key.hexdigest()[:32]}.xml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # conversion traces the model; its tracer warnings are noise here
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(
+                model, example_input=example, input=[ov.PartialShape([-1, *example.shape[1:]])]
+            )
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # complete files or none
+            ov.save_model(converted, Path(folder) / "model.xml", compress_to_fp16=False)
+            os.replace(Path(folder) / "model.bin", path.with_suffix(".bin"))
+            os.replace(Path(folder) / "model.xml", path)
+    core = ov.Core()
+    graph = core.read_model(str(path))
+    compiled: dict[int, ov.CompiledModel] = {}
+    lock = threading.Lock()
+
+    def compiled_for(batch_size: int) -> ov.CompiledModel:
+        """A static-shape model per batch size: about 15 % faster than one with a dynamic batch."""
+        with lock:
+            if batch_size not in compiled:
+                static = graph.clone()
+                static.reshape([batch_size, *example.shape[1:]])
+                # fp32 explicitly: on CPUs with bf16 OpenVINO would pick it (slower here, less exact).
+                compiled[batch_size] = core.compile_model(
+                    static, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+                )
+            return compiled[batch_size]
+
+    compiled_for(1)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        request = compiled_for(batch.shape[0]).create_infer_request()  # a request per call: thread-safe
+        return torch.from_numpy(request.infer([batch.numpy()])[0].copy())
+
+    return run
 
 
 def _limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
@@ -287,6 +427,7 @@ def load_classifier(
     device: str | torch.device | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = "fast",
 ) -> Classifier:
     """A `Classifier` for a torchvision model with ImageNet-1k weights.
 
@@ -306,7 +447,9 @@ def load_classifier(
         net = torchvision.models.get_model(model, weights=None)
         _load_local_weights(net, model, Path(weights))
     transform = pretrained_weights(model).transforms()
-    return Classifier(net, labels, transform=transform, device=device, max_pixels=max_pixels)
+    return Classifier(
+        net, labels, transform=transform, device=device, max_pixels=max_pixels, precision=precision
+    )
 
 
 def pretrained_weights(model: str) -> torchvision.models.WeightsEnum:
@@ -373,13 +516,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"torchvision model (default {DEFAULT_MODEL})")
     parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fast", help="fast (default) or exact (fp32 PyTorch)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     args = parser.parse_args(argv)
     if not 1 <= args.top_k <= len(load_labels()):
         parser.error(f"--top-k must be between 1 and {len(load_labels())}")
 
     try:
-        classifier = load_classifier(args.model, weights=args.weights, device=args.device)
+        classifier = load_classifier(
+            args.model, weights=args.weights, device=args.device, precision=args.precision
+        )
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

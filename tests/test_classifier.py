@@ -216,3 +216,90 @@ def test_cli_without_reachable_weights_exits_1_with_the_message(offline_env):
     assert result.returncode == 1
     assert "Could not download the pretrained weights for densenet121" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- engines ------------------------------------------------------------------------------------
+
+
+def test_engine_selection():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert classifier.select_engine(cpu, "exact") == "torch-fp32"
+    assert classifier.select_engine(cuda, "exact") == "torch-fp32"
+    assert classifier.select_engine(cpu, "fast", openvino=True) == "openvino-fp32"
+    assert classifier.select_engine(cpu, "fast", openvino=False) == "torch-fp32-channels-last"
+    assert classifier.select_engine(cuda, "fast", openvino=True) == "torch-fp16-channels-last"
+    with pytest.raises(ValueError, match="precision must be one of fast, exact"):
+        classifier.select_engine(cpu, "turbo")
+
+
+def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
+    pytest.importorskip("openvino")  # a requirement; absent only where someone removed it
+    assert random_densenet.engine == "openvino-fp32"
+
+
+def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels):
+    def broken(model, example):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(classifier, "_openvino_runner", broken)
+    monkeypatch.setattr(classifier, "select_engine", lambda device, precision: "openvino-fp32")
+    fallback = Classifier(torchvision.models.resnet18(), labels, device="cpu")
+    assert fallback.engine == "torch-fp32-channels-last"
+    assert len(fallback.predict(CAT)) == 5
+
+
+def test_openvino_conversion_is_cached_on_disk(monkeypatch, tmp_path, labels):
+    ov = pytest.importorskip("openvino")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
+    model = torchvision.models.resnet18()
+    first = Classifier(model, labels, device="cpu")
+    assert [p.suffix for p in sorted((tmp_path / "openvino").iterdir())] == [".bin", ".xml"]
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again instead of reading the cache")
+
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    second = Classifier(model, labels, device="cpu")
+    assert second.engine == "openvino-fp32" and second.predict(CAT) == first.predict(CAT)
+
+
+def test_cuda_fast_path_uses_half_precision_and_channels_last(monkeypatch, labels):
+    """Checked on the CPU: the engine's setup, not CUDA kernels (no GPU in CI)."""
+    monkeypatch.setattr(classifier, "select_engine", lambda device, precision: "torch-fp16-channels-last")
+    model = torchvision.models.resnet18()
+    fast = Classifier(model, labels, device="cpu")
+    assert fast.engine == "torch-fp16-channels-last"
+    assert next(model.parameters()).dtype == torch.float16
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "coffee.jpg", "rocket.jpg"])
+def test_fast_engine_keeps_the_exact_answers(oracle, name):
+    """Fidelity: the fast path's top-1 equals fp32 PyTorch's, and top-5 probabilities agree within 0.02."""
+    from oracle import load_oracle
+
+    exact = load_oracle(precision="exact")
+    fast_top, exact_top = oracle.predict(EXAMPLES / name), exact.predict(EXAMPLES / name)
+    assert exact.engine == "torch-fp32" and oracle.engine != "torch-fp32"
+    assert next(iter(fast_top)) == next(iter(exact_top))
+    full = oracle.predict(EXAMPLES / name, top_k=1000)
+    assert all(abs(full[label] - p) <= 0.02 for label, p in exact_top.items())
+
+
+@pytest.mark.parametrize(
+    "size", [(640, 480), (451, 300), (300, 451), (257, 256), (1, 1), (5, 1000), (4000, 3000)]
+)
+def test_fused_transform_matches_torchvisions_preset(size):
+    """The fast path's preprocessing equals the preset's to within one grey level."""
+    preset = classifier.default_transform()
+    image = Image.open(CAT).convert("RGB").resize(size, Image.BICUBIC)
+    grey_levels = torch.tensor(preset.std).view(3, 1, 1) * 255  # normalised units -> 0..255
+    difference = (classifier.FusedEvalTransform(preset)(image) - preset(image)).abs() * grey_levels
+    assert difference.max() <= 1.01 and difference.mean() < 0.1
+
+
+def test_fast_precision_uses_the_fused_transform_and_exact_keeps_torchvisions(labels):
+    fast = Classifier(torchvision.models.resnet18(), labels, device="cpu")
+    exact = Classifier(torchvision.models.resnet18(), labels, device="cpu", precision="exact")
+    assert isinstance(fast.transform, classifier.FusedEvalTransform)
+    assert not isinstance(exact.transform, classifier.FusedEvalTransform) and exact.engine == "torch-fp32"

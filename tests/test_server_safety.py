@@ -160,7 +160,8 @@ class SlowModel(torch.nn.Module):
 
 
 def test_full_queue_turns_requests_away_at_once_and_recovers(oracle):
-    demo = app.build_demo(Classifier(SlowModel(), oracle.labels), queue_size=2)
+    slow = Classifier(SlowModel(), oracle.labels, precision="exact")  # PyTorch runs the sleep every time
+    demo = app.build_demo(slow, queue_size=2)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     url = f"http://127.0.0.1:{port}/"
