@@ -1,0 +1,32 @@
+"""The benchmark scripts run (tiny settings) so they cannot rot. Timings are never asserted here."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(script: str, out) -> None:
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_latency_benchmark_runs(tmp_path):
+    run("latency.py", tmp_path)
+    results = json.loads((tmp_path / "latency.json").read_text())
+    assert results["end_to_end"] and results["forward"] and results["fidelity"]["photos"] == 3
+    assert results["fidelity"]["same_top1"] == 3  # the fast engine keeps the answers
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_load_benchmark_runs(tmp_path):
+    run("load.py", tmp_path)
+    results = json.loads((tmp_path / "load.json").read_text())
+    assert len(results) == 2 and all(r["requests"] == 4 and r["throughput"] > 0 for r in results.values())
