@@ -32,7 +32,7 @@ TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
     "a neural network trained on the 1,000 everyday categories of ImageNet, shows its five best "
-    "guesses with how sure it is of each. Uploads are used only to answer and are not kept."
+    "guesses with how sure it is of each. Uploads are used only to answer, and deleted within two hours."
 )
 
 

@@ -220,7 +220,6 @@ class FusedEvalTransform:
     """
 
     def __init__(self, preset: torch.nn.Module) -> None:
-        self.preset = preset
         self.resize_size = list(preset.resize_size)
         self.crop_size = list(preset.crop_size)
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
@@ -255,6 +254,8 @@ class Classifier:
     """Wraps a model mapping an (N, 3, H, W) float batch to (N, classes) logits.
 
     `transform` maps an RGB PIL image to a CHW float tensor (default: `default_transform()`).
+    `precision="fast"` picks the quickest engine that keeps the answers (`select_engine`) and fuses a
+    torchvision preset transform; `"exact"` runs the model and transform as given, in fp32 PyTorch.
     Prediction runs in three small steps: `preprocess` (image -> tensor), `forward` (tensors only)
     and `postprocess` (probabilities -> label dict).
     """
