@@ -15,11 +15,10 @@ import gradio as gr
 
 from classifier import (
     DEFAULT_MAX_PIXELS,
-    DEFAULT_MODEL,
-    PRECISIONS,
     Classifier,
     ImageError,
     ModelLoadError,
+    add_model_arguments,
     load_classifier,
 )
 
@@ -90,12 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also serve on a temporary public link")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"torchvision model (default {DEFAULT_MODEL})")
-    parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fast", help="fast (default) or exact (fp32 PyTorch)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--max-file-size", default=MAX_FILE_SIZE, help=f"largest upload, e.g. 5mb (default {MAX_FILE_SIZE})"
     )

@@ -510,20 +510,26 @@ def _load_local_weights(net: torch.nn.Module, model: str, path: Path) -> None:
 # --- command line ------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify images with an ImageNet model.")
-    parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show (default 5)")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `load_classifier` takes, shared by this CLI and app.py."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"torchvision model (default {DEFAULT_MODEL})")
     parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fast", help="fast (default) or exact (fp32 PyTorch)"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify images with an ImageNet model.")
+    parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show (default 5)")
+    add_model_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     args = parser.parse_args(argv)
-    if not 1 <= args.top_k <= len(load_labels()):
-        parser.error(f"--top-k must be between 1 and {len(load_labels())}")
+    classes = len(load_labels())
+    if not 1 <= args.top_k <= classes:
+        parser.error(f"--top-k must be between 1 and {classes}")
 
     try:
         classifier = load_classifier(
