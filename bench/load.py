@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,24 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from servers import free_port, rss_mb, wait_until_serving  # noqa: E402
 
 
 def start(command: list[str], env: dict[str, str], port: int, photo: Path) -> tuple[subprocess.Popen, float]:
@@ -50,16 +39,8 @@ def start(command: list[str], env: dict[str, str], port: int, photo: Path) -> tu
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    while True:
-        try:
-            Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
-                handle_file(str(photo)), api_name="/predict"
-            )
-            return process, time.monotonic() - started
-        except Exception:
-            if process.poll() is not None or time.monotonic() - started > 300:
-                raise RuntimeError(f"server {command} did not start") from None
-            time.sleep(0.2)
+    wait_until_serving(f"http://127.0.0.1:{port}/", process, timeout=300, photo=photo)
+    return process, time.monotonic() - started
 
 
 def load(url: str, photo: Path, clients: int, requests_per_client: int) -> dict:

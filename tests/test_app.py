@@ -3,14 +3,14 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 import app
-from conftest import EXAMPLES, EXPECTED, ROOT, free_port
+from conftest import EXAMPLES, EXPECTED, ROOT
+from servers import free_port, wait_until_serving
 
 
 def assert_top5(result, expected_top=None):
@@ -73,28 +73,21 @@ def test_app_without_reachable_weights_exits_1_with_a_clear_message(offline_env)
     assert "--weights PATH" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_app_with_a_local_weights_file_serves_predictions(densenet_weights, offline_env):
+def test_app_with_a_local_weights_file_serves_predictions(densenet_weights, offline_env, tmp_path):
     """`python app.py --weights PATH` works offline; GRADIO_SERVER_PORT is honoured as on Spaces."""
     port = free_port()
     env = dict(offline_env, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--weights", str(densenet_weights)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "app.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--weights", str(densenet_weights)],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the app did not start:\n{process.stdout.read()}") from None
-                time.sleep(0.5)
+        client = wait_until_serving(f"http://127.0.0.1:{port}/", process, log=log)
         assert_top5(client.predict(handle_file(str(EXAMPLES / "coffee.jpg")), api_name="/predict"))
     finally:
         process.terminate()

@@ -7,7 +7,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +15,10 @@ from gradio_client.exceptions import AppError
 
 import app
 from classifier import Classifier
-from conftest import EXAMPLES, EXPECTED, ROOT, free_port
+from conftest import EXAMPLES, EXPECTED, ROOT
+from servers import free_port, rss_mb, wait_until_serving
 
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +37,7 @@ def served(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            Client(url, verbose=False)
-            break
-        except Exception:
-            assert process.poll() is None and time.monotonic() < deadline, (
-                workdir / "server.log"
-            ).read_text()
-            time.sleep(0.5)
+    wait_until_serving(url, process, log=workdir / "server.log")
     yield {"url": url, "pid": process.pid, "workdir": workdir, "cache": cache, "log": workdir / "server.log"}
     process.terminate()
     process.wait(timeout=30)
