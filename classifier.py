@@ -225,8 +225,8 @@ class FusedEvalTransform:
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
             preset.interpolation.value
         ]
-        self.mean = np.array(preset.mean, dtype=np.float32) * 255
-        self.scale = 1 / (np.array(preset.std, dtype=np.float32) * 255)
+        self.mean = (np.array(preset.mean, dtype=np.float32) * 255).reshape(3, 1, 1)
+        self.scale = (1 / (np.array(preset.std, dtype=np.float32) * 255)).reshape(3, 1, 1)
 
     @staticmethod
     def fits(transform: object) -> bool:
@@ -245,9 +245,11 @@ class FusedEvalTransform:
         x_scale, y_scale = width / resized_w, height / resized_h  # source pixels per resized pixel
         left, top = round((resized_w - crop) / 2), round((resized_h - crop) / 2)
         box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
-        pixels = np.asarray(image.resize((crop, crop), self.resample, box=box), dtype=np.float32)
-        normalised = (pixels - self.mean) * self.scale
-        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+        pixels = np.asarray(image.resize((crop, crop), self.resample, box=box)).transpose(2, 0, 1)
+        normalised = np.empty(pixels.shape, dtype=np.float32)  # CHW, written in one pass per step
+        np.subtract(pixels, self.mean, out=normalised, dtype=np.float32)
+        normalised *= self.scale
+        return torch.from_numpy(normalised)
 
 
 class Classifier:
