@@ -328,7 +328,8 @@ class Classifier:
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
         if not images:
             return []
-        batch = torch.stack([self.preprocess(image) for image in images])
+        tensors = [self.preprocess(image) for image in images]
+        batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: no copy
         return [self.postprocess(p, top_k) for p in self.forward(batch)]
 
 
