@@ -7,9 +7,9 @@ import sys
 from conftest import ROOT
 
 
-def run(script: str, out) -> None:
+def run(script: str, out, *options: str) -> None:
     result = subprocess.run(
-        [sys.executable, f"bench/{script}", "--quick", "--out", str(out)],
+        [sys.executable, f"bench/{script}", "--quick", "--out", str(out), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,3 +30,14 @@ def test_load_benchmark_runs(tmp_path):
     run("load.py", tmp_path)
     results = json.loads((tmp_path / "load.json").read_text())
     assert len(results) == 2 and all(r["requests"] == 4 and r["throughput"] > 0 for r in results.values())
+
+
+def test_gpu_benchmark_runs(tmp_path):
+    # No GPU in CI: --device cpu checks the script itself; the numbers mean something on CUDA only.
+    run("gpu.py", tmp_path, "--device", "cpu")
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["engines"]["exact"] == "torch-fp32"
+    for kind in ("forward", "end_to_end"):
+        assert set(results[kind]) == {"1", "2"}
+        for result in results[kind].values():
+            assert result["speedup"] > 0 and len(result["fast"]) == len(result["exact"]) == 2

@@ -1,0 +1,99 @@
+"""Throughput on a GPU: images/s at batch 1 and 32, this project's engine against fp32 PyTorch.
+
+    python bench/gpu.py                          # on a CUDA machine
+    python bench/gpu.py --device cpu --quick     # tiny run of the script itself (the test suite uses it)
+
+DenseNet-121 with random weights (same compute as the pretrained ones, which can't be downloaded here),
+through the Classifier itself: `precision="fast"` (on CUDA fp16 with channels_last) against
+`precision="exact"` (fp32, the reference), run side by side in one process.
+
+- forward: `Classifier.forward` on a ready batch (host -> device copy, model, softmax, copy back); the
+  copy back waits for the GPU, so each timing covers finished work.
+- end to end: `Classifier.predict_batch` on 640×480 JPEG bytes (decoding and preprocessing on the CPU).
+
+Prints medians with min–max and writes OUT/gpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from classifier import Classifier, load_labels, resolve_device  # noqa: E402
+from latency import jpeg_of_size, side_by_side  # noqa: E402
+
+
+def images_per_second(batch: int, samples: list[float]) -> str:
+    rates = [batch * 1000 / ms for ms in samples]
+    return f"{statistics.median(rates):8.1f} images/s ({min(rates):.1f}–{max(rates):.1f})"
+
+
+def work(kind: str, classifier: Classifier, ready: torch.Tensor, photos: list[bytes]) -> Callable[[], object]:
+    if kind == "forward":
+        return lambda: classifier.forward(ready)
+    return lambda: classifier.predict_batch(photos)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run (default cuda)")
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per contender (default 20)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where gpu.json goes")
+    args = parser.parse_args()
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    rounds = 2 if args.quick else args.rounds
+    batch_sizes = (1, 2) if args.quick else (1, 32)
+
+    torch.manual_seed(0)
+    labels = load_labels()
+    weights = torchvision.models.densenet121().state_dict()
+    classifiers = {}
+    for precision in ("exact", "fast"):
+        model = torchvision.models.densenet121()
+        model.load_state_dict(weights)
+        classifiers[precision] = Classifier(model, labels, device=device, precision=precision)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"DenseNet-121 on {name}, torch {torch.__version__}")
+    engines = {precision: c.engine for precision, c in classifiers.items()}
+    print(f"engines: {engines}")
+
+    photo = jpeg_of_size(640, 480)
+    results: dict[str, dict] = {"device": name, "engines": engines, "forward": {}, "end_to_end": {}}
+    for batch_size in batch_sizes:
+        ready = torch.randn(batch_size, 3, 224, 224)
+        photos = [photo] * batch_size
+        for kind in ("forward", "end_to_end"):
+            contenders = {p: work(kind, c, ready, photos) for p, c in classifiers.items()}
+            times = side_by_side(contenders, rounds)
+            speedup = statistics.median(times["exact"]) / statistics.median(times["fast"])
+            print(f"\n{kind}, batch {batch_size}")
+            for precision, samples in times.items():
+                rate = images_per_second(batch_size, samples)
+                print(f"   {precision:>5} ({engines[precision]:<24}) {rate}")
+            print(f"   fast / exact: {speedup:.2f}× the throughput")
+            results[kind][str(batch_size)] = {
+                **{p: [batch_size * 1000 / ms for ms in samples] for p, samples in times.items()},
+                "speedup": speedup,
+            }
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {args.out / 'gpu.json'}")
+
+
+if __name__ == "__main__":
+    main()
