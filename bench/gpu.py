@@ -17,10 +17,11 @@ Prints medians with min–max and writes OUT/gpu.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,15 +34,8 @@ from classifier import Classifier, load_labels, resolve_device  # noqa: E402
 from latency import jpeg_of_size, side_by_side  # noqa: E402
 
 
-def images_per_second(batch: int, samples: list[float]) -> str:
-    rates = [batch * 1000 / ms for ms in samples]
+def summary(rates: list[float]) -> str:
     return f"{statistics.median(rates):8.1f} images/s ({min(rates):.1f}–{max(rates):.1f})"
-
-
-def work(kind: str, classifier: Classifier, ready: torch.Tensor, photos: list[bytes]) -> Callable[[], object]:
-    if kind == "forward":
-        return lambda: classifier.forward(ready)
-    return lambda: classifier.predict_batch(photos)
 
 
 def main() -> None:
@@ -60,12 +54,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     labels = load_labels()
-    weights = torchvision.models.densenet121().state_dict()
-    classifiers = {}
-    for precision in ("exact", "fast"):
-        model = torchvision.models.densenet121()
-        model.load_state_dict(weights)
-        classifiers[precision] = Classifier(model, labels, device=device, precision=precision)
+    model = torchvision.models.densenet121()
+    classifiers = {
+        precision: Classifier(copy.deepcopy(model), labels, device=device, precision=precision)
+        for precision in ("exact", "fast")
+    }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"DenseNet-121 on {name}, torch {torch.__version__}")
     engines = {precision: c.engine for precision, c in classifiers.items()}
@@ -76,19 +69,18 @@ def main() -> None:
     for batch_size in batch_sizes:
         ready = torch.randn(batch_size, 3, 224, 224)
         photos = [photo] * batch_size
-        for kind in ("forward", "end_to_end"):
-            contenders = {p: work(kind, c, ready, photos) for p, c in classifiers.items()}
-            times = side_by_side(contenders, rounds)
-            speedup = statistics.median(times["exact"]) / statistics.median(times["fast"])
+        for kind, method, argument in (
+            ("forward", Classifier.forward, ready),
+            ("end_to_end", Classifier.predict_batch, photos),
+        ):
+            times = side_by_side({p: partial(method, c, argument) for p, c in classifiers.items()}, rounds)
+            rates = {p: [batch_size * 1000 / ms for ms in samples] for p, samples in times.items()}
+            speedup = statistics.median(rates["fast"]) / statistics.median(rates["exact"])
             print(f"\n{kind}, batch {batch_size}")
-            for precision, samples in times.items():
-                rate = images_per_second(batch_size, samples)
-                print(f"   {precision:>5} ({engines[precision]:<24}) {rate}")
+            for precision, samples in rates.items():
+                print(f"   {precision:>5} ({engines[precision]:<24}) {summary(samples)}")
             print(f"   fast / exact: {speedup:.2f}× the throughput")
-            results[kind][str(batch_size)] = {
-                **{p: [batch_size * 1000 / ms for ms in samples] for p, samples in times.items()},
-                "speedup": speedup,
-            }
+            results[kind][str(batch_size)] = {**rates, "speedup": speedup}
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(results, indent=1))

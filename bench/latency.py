@@ -15,6 +15,7 @@ Prints medians with min–max and the ratios; writes OUT/latency.json and OUT/la
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import statistics
@@ -102,8 +103,7 @@ def forward_engines(model: torch.nn.Module, ours: Classifier) -> dict[str, Calla
         return run
 
     engines["torch eager fp32, inference_mode"] = no_grad(lambda: model(x))
-    channels_last = torchvision.models.densenet121().eval().to(memory_format=torch.channels_last)
-    channels_last.load_state_dict(model.state_dict())
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     engines["torch channels_last fp32"] = no_grad(lambda: channels_last(x_cl))
     try:
@@ -197,10 +197,8 @@ def main() -> None:
     labels = load_labels()
     model = torchvision.models.densenet121().eval()
     seed = SeedPipeline(model, labels)
-    ours_model = torchvision.models.densenet121()
-    ours_model.load_state_dict(model.state_dict())
     started = time.perf_counter()
-    ours = Classifier(ours_model, labels, device="cpu")  # the app's default: precision="fast"
+    ours = Classifier(copy.deepcopy(model), labels, device="cpu")  # the app's default: precision="fast"
     setup_s = time.perf_counter() - started
     print(f"DenseNet-121, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"this project's engine: {ours.engine} (set up in {setup_s:.1f} s, conversion cache included)")
