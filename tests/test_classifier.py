@@ -15,6 +15,7 @@ from PIL import Image
 import classifier
 from classifier import Classifier, ImageError, ModelLoadError, load_classifier
 from conftest import EXAMPLES, ROOT
+from image_classifier import engines
 
 CAT = EXAMPLES / "cat.jpg"
 
@@ -241,7 +242,7 @@ def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels):
     def broken(model, example):
         raise RuntimeError("unsupported operation")
 
-    monkeypatch.setattr(classifier, "_openvino_runner", broken)
+    monkeypatch.setattr(engines, "openvino_runner", broken)
     monkeypatch.setattr(classifier, "select_engine", lambda device, precision: "openvino-fp32")
     fallback = Classifier(torchvision.models.resnet18(), labels, device="cpu")
     assert fallback.engine == "torch-fp32-channels-last"

@@ -1,0 +1,147 @@
+"""Decoding people's photos: bytes, paths or PIL images in, an upright 8-bit RGB image out.
+
+Every way a file can fail becomes one `ImageError` whose message says what is wrong in plain words;
+the size limits are checked from the header, before any pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest image accepted, in pixels (width x height): a 50 MP photo decodes to ~150 MB of RGB."""
+MAX_ASPECT_RATIO = 4.0
+"""Longer images are centre-cropped to this ratio before resizing (see `limit_aspect_ratio`)."""
+READABLE_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+
+
+class ImageError(ValueError):
+    """The input is not an image we can classify; the message says why in plain words."""
+
+
+def load_image(
+    source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
+    """Decode `source` into an upright RGB image, or raise `ImageError` saying what is wrong.
+
+    Applies EXIF orientation, takes the first frame of animations, composites transparency on white
+    and maps any pixel format to 8-bit RGB. `min_side` lets JPEG decode at a reduced scale (a free
+    speed-up) as long as both sides stay at least that long.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+        _check_size(image.size, max_pixels)
+    else:
+        image = _open(source, max_pixels)
+        _check_size(image.size, max_pixels)
+        if min_side and image.format == "JPEG":
+            image.draft(None, (min_side, min_side))
+    try:
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError) as e:  # raised by the decoders while reading pixels
+        raise ImageError(_damaged_message(e)) from e
+
+
+def _open(source: str | os.PathLike | bytes | bytearray | memoryview, max_pixels: int) -> Image.Image:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = "The upload"
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"No such file: {source}") from None
+        except IsADirectoryError:
+            raise ImageError(f"{source} is a folder, not an image file.") from None
+        name = "The file"
+    else:
+        raise TypeError(f"expected a PIL image, a path or bytes, not {type(source).__name__}")
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():  # our own, stricter pixel limit applies right after opening
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        # PIL's own guard fires while reading the header, before we see the size: say it our way.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(
+            f"The image is {int(pixels[1]) / 1e6:,.0f} megapixels; the limit is "
+            f"{max_pixels / 1e6:g} megapixels."
+            if pixels
+            else f"The image is too large; the limit is {max_pixels / 1e6:g} megapixels."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if data.lstrip()[:5].lower() in (b"<svg ", b"<?xml") and b"<svg" in data[:4096].lower():
+            raise ImageError(
+                f"SVG drawings are not supported: please upload a photo ({READABLE_FORMATS})."
+            ) from e
+        raise ImageError(f"This file is not an image we can read ({READABLE_FORMATS}).") from e
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"The image is {width}×{height} pixels: it has no pixels to classify.")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"The image is {width}×{height} pixels; the limit is {max_pixels / 1e6:g} megapixels."
+        )
+
+
+def _damaged_message(error: Exception) -> str:
+    if "truncated" in str(error):
+        return "The image file is incomplete (truncated): please upload it again."
+    return "The image file is damaged and could not be decoded."
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Map every PIL mode to 8-bit RGB: transparency on white, high bit depths rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith(("I", "F")):  # 16/32-bit integer or float grayscale
+        return _rescale_to_8bit(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale_to_8bit(image: Image.Image) -> Image.Image:
+    """Integer pixels span 0..255 or 0..65535 (16-bit); float ones 0..1, else their own range."""
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    low, high = image.getextrema()
+    if image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    elif image.mode != "F":
+        low, high = 0, (255 if high <= 255 else 65535 if high <= 65535 else high)
+    scale = 255.0 / ((high - low) or 1)
+    return image.point(lambda v: v * scale - low * scale).convert("L")
+
+
+def limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Centre-crop very long images: resizing a 1×20000 strip's short side to 256 px would
+    allocate gigabytes, while the evaluation crop only ever looks at the centre."""
+    width, height = image.size
+    if width > height * max_ratio:
+        keep = max(1, round(height * max_ratio))
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > width * max_ratio:
+        keep = max(1, round(width * max_ratio))
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
+    return image
