@@ -16,7 +16,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -32,21 +34,33 @@ from image_classifier.decoding import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     ImageInput,
+    aspect_crop_box,
+    decode_image,
     limit_aspect_ratio,
     load_image,
 )
 from image_classifier.engines import PRECISIONS, prepare_engine, resolve_device, select_engine
+from image_classifier.heatmaps import (
+    CamLayers,
+    Heatmaps,
+    HeatmapsUnavailable,
+    WithFeatureMap,
+    cam_layers_for,
+)
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
-from image_classifier.preprocessing import FusedEvalTransform, default_transform
+from image_classifier.preprocessing import FusedEvalTransform, default_transform, seen_region
 
 __all__ = [
     "DEFAULT_LABELS_PATH",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MODEL",
     "PRECISIONS",
+    "Analysis",
+    "CamLayers",
     "Classifier",
     "FusedEvalTransform",
     "ImageError",
+    "HeatmapsUnavailable",
     "ImageInput",
     "ModelLoadError",
     "add_model_arguments",
@@ -82,6 +96,7 @@ class Classifier:
         device: str | torch.device | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "fast",
+        cam_layers: CamLayers | None = None,
     ) -> None:
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique, or the label -> probability dict merges classes")
@@ -94,19 +109,36 @@ class Classifier:
         self._decode_side = resize[0] if isinstance(resize, (list, tuple)) and resize else None
         if precision == "fast" and FusedEvalTransform.fits(self.transform):
             self.transform = FusedEvalTransform(self.transform)
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+        # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass).
+        self.cam_layers = cam_layers or cam_layers_for(self.model)
+        runnable = self.model
+        if self.cam_layers is not None:
+            linear = self.model.get_submodule(self.cam_layers.classifier)
+            self._class_weights = linear.weight.detach().float().cpu().clone()
+            runnable = WithFeatureMap(self.model, self.cam_layers)
         example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
-        self.engine, self._run = prepare_engine(self.model, select_engine(self.device, precision), example)
+        self.engine, self._run = prepare_engine(runnable, select_engine(self.device, precision), example)
+
+    def decode(self, image: ImageInput) -> Image.Image:
+        """The upright RGB photo, decoded at the scale the model needs (see `load_image`)."""
+        return load_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """Decode one image and turn it into the model's input tensor (C, H, W)."""
-        rgb = load_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
+        rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.decode(image)
         return self.transform(limit_aspect_ratio(rgb))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W)."""
+        return self.forward_with_features(batch)[0]
+
+    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w)."""
         with torch.inference_mode():
-            logits = self._run(batch.to(self.device))
-            return logits.float().softmax(dim=-1).cpu()
+            outputs = self._run(batch.to(self.device))
+            logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            return logits.float().softmax(dim=-1).cpu(), None if features is None else features.float().cpu()
 
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> dict[str, float]:
         """The `top_k` most probable labels of one image, highest first."""
@@ -119,13 +151,81 @@ class Classifier:
 
     def predict_batch(self, images: Sequence[ImageInput], top_k: int = 5) -> list[dict[str, float]]:
         """`predict` for several images in one forward pass."""
-        if not 1 <= top_k <= len(self.labels):
-            raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
+        self._check_top_k(top_k)
         if not images:
             return []
         tensors = [self.preprocess(image) for image in images]
         batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: no copy
         return [self.postprocess(p, top_k) for p in self.forward(batch)]
+
+    def analyse(self, image: ImageInput, top_k: int = 5) -> Analysis:
+        """`predict` and the heatmaps of every class, from one forward pass."""
+        self._check_top_k(top_k)
+        rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
+        probabilities, features = self.forward_with_features(self.preprocess(rgb).unsqueeze(0))
+        heatmaps = None
+        if features is not None:
+            region = self.seen_region(rgb.size)
+            heatmaps = Heatmaps(features[0], self._class_weights, self.label_index, region, full_size)
+        return Analysis(self.postprocess(probabilities[0], top_k), rgb, heatmaps)
+
+    def explain(
+        self, image: ImageInput, labels: Sequence[str] | None = None, top_k: int = 5
+    ) -> dict[str, np.ndarray]:
+        """Label -> heatmap: where the model looked for each class.
+
+        Each heatmap is a float32 (height, width) array in [0, 1] at the size of the upright photo
+        (EXIF orientation applied, as `predict` sees it), zero outside the region the model saw.
+        `labels` may name any of the model's labels; by default the `top_k` predicted ones, in
+        `predict`'s order.
+        """
+        if labels is not None:
+            unknown = [label for label in labels if label not in self.label_index]
+            if unknown:
+                raise ValueError(f"Unknown labels: {', '.join(map(repr, unknown))}.")
+        analysis = self.analyse(image, top_k)
+        if analysis.heatmaps is None:
+            raise HeatmapsUnavailable(self.no_heatmaps_reason)
+        return {label: analysis.heatmaps.heatmap(label) for label in labels or analysis.predictions}
+
+    @property
+    def no_heatmaps_reason(self) -> str | None:
+        """Why this model gets no heatmaps, in words; None when it does."""
+        if self.cam_layers is not None:
+            return None
+        return (
+            f"No heatmap for {type(self.model).__name__}: its head is not global average pooling followed by "
+            "one linear layer, which class activation maps need."
+        )
+
+    def seen_region(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The part of a photo of `size` that the model sees, as fractions (left, top, right, bottom)."""
+        left, top, right, bottom = aspect_crop_box(size)
+        kept_w, kept_h = right - left, bottom - top
+        x0, y0, x1, y1 = seen_region(self.transform, (kept_w, kept_h))
+        width, height = size
+        return (
+            (left + x0 * kept_w) / width,
+            (top + y0 * kept_h) / height,
+            (left + x1 * kept_w) / width,
+            (top + y1 * kept_h) / height,
+        )
+
+    def _check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self.labels):
+            raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One photo's answers and heatmaps, from one forward pass (`Classifier.analyse`)."""
+
+    predictions: dict[str, float]
+    """Label -> probability for the top classes, highest first."""
+    image: Image.Image
+    """The upright photo as decoded for the model (large JPEGs at a reduced scale)."""
+    heatmaps: Heatmaps | None
+    """Every class's map; None where the model has none (`Classifier.no_heatmaps_reason` says why)."""
 
 
 def load_classifier(

@@ -21,6 +21,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MAX_ASPECT_RATIO = 4.0
 """Longer images are centre-cropped to this ratio before resizing (see `limit_aspect_ratio`)."""
 READABLE_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+ORIENTATION = 0x0112
+"""The EXIF tag saying how the stored pixels must be turned to stand upright."""
 
 
 class ImageError(ValueError):
@@ -36,17 +38,28 @@ def load_image(
     and maps any pixel format to 8-bit RGB. `min_side` lets JPEG decode at a reduced scale (a free
     speed-up) as long as both sides stay at least that long.
     """
+    return decode_image(source, max_pixels=max_pixels, min_side=min_side)[0]
+
+
+def decode_image(
+    source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, and the upright photo's full size (width, height) even where JPEG decoding was
+    reduced by `min_side`."""
     if isinstance(source, Image.Image):
         image = source
         _check_size(image.size, max_pixels)
     else:
         image = _open(source, max_pixels)
         _check_size(image.size, max_pixels)
-        if min_side and image.format == "JPEG":
-            image.draft(None, (min_side, min_side))
     try:
+        width, height = image.size
+        if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: sides swap
+            width, height = height, width
+        if min_side and image.format == "JPEG" and not isinstance(source, Image.Image):
+            image.draft(None, (min_side, min_side))
         image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        return _to_rgb(image), (width, height)
     except (OSError, SyntaxError, ValueError) as e:  # raised by the decoders while reading pixels
         raise ImageError(_damaged_message(e)) from e
 
@@ -132,16 +145,22 @@ def _rescale_to_8bit(image: Image.Image) -> Image.Image:
     return image.point(lambda v: v * scale - low * scale).convert("L")
 
 
-def limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
-    """Centre-crop very long images: resizing a 1×20000 strip's short side to 256 px would
-    allocate gigabytes, while the evaluation crop only ever looks at the centre."""
-    width, height = image.size
+def aspect_crop_box(size: tuple[int, int], max_ratio: float = MAX_ASPECT_RATIO) -> tuple[int, int, int, int]:
+    """The centred (left, top, right, bottom) box of an image of `size` that `limit_aspect_ratio` keeps."""
+    width, height = size
     if width > height * max_ratio:
         keep = max(1, round(height * max_ratio))
         left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
+        return left, 0, left + keep, height
     if height > width * max_ratio:
         keep = max(1, round(width * max_ratio))
         top = (height - keep) // 2
-        return image.crop((0, top, width, top + keep))
-    return image
+        return 0, top, width, top + keep
+    return 0, 0, width, height
+
+
+def limit_aspect_ratio(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Centre-crop very long images: resizing a 1×20000 strip's short side to 256 px would
+    allocate gigabytes, while the evaluation crop only ever looks at the centre."""
+    box = aspect_crop_box(image.size, max_ratio)
+    return image if box == (0, 0, *image.size) else image.crop(box)

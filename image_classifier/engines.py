@@ -95,9 +95,12 @@ def openvino_runner(model: torch.nn.Module, example: torch.Tensor) -> Callable[[
 
     compiled_for(1)
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
+    def run(batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The model's outputs for `batch`: one tensor, or a tuple where the model returns several."""
         request = compiled_for(batch.shape[0]).create_infer_request()  # a request per call: thread-safe
-        return torch.from_numpy(request.infer([batch.numpy()])[0].copy())
+        results = request.infer([batch.numpy()])
+        outputs = tuple(torch.from_numpy(results[i].copy()) for i in range(len(results)))
+        return outputs if len(outputs) > 1 else outputs[0]
 
     return run
 

@@ -15,6 +15,31 @@ def default_transform() -> Callable[[Image.Image], torch.Tensor]:
     return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()
 
 
+def eval_crop_box(size: tuple[int, int], shorter: int, crop: int) -> tuple[float, float, float, float]:
+    """The (left, top, right, bottom) box of an image of `size`, in its own pixels, that torchvision's
+    preset keeps: shorter side resized to `shorter` (longer side truncated), then a centred `crop` square
+    whose offset is rounded."""
+    width, height = size
+    if width <= height:
+        resized_w, resized_h = shorter, int(shorter * height / width)
+    else:
+        resized_w, resized_h = int(shorter * width / height), shorter
+    x_scale, y_scale = width / resized_w, height / resized_h  # source pixels per resized pixel
+    left, top = round((resized_w - crop) / 2), round((resized_h - crop) / 2)
+    return left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale
+
+
+def seen_region(transform: object, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of an image of `size` that `transform` shows the model, as fractions (left, top, right,
+    bottom): the centre crop for torchvision's preset (plain or fused), else the whole image."""
+    resize, crop = getattr(transform, "resize_size", None), getattr(transform, "crop_size", None)
+    if not (resize and crop and len(resize) == 1 and len(crop) == 1):
+        return 0.0, 0.0, 1.0, 1.0
+    left, top, right, bottom = eval_crop_box(size, resize[0], crop[0])
+    width, height = size
+    return left / width, top / height, min(right / width, 1.0), min(bottom / height, 1.0)
+
+
 class FusedEvalTransform:
     """torchvision's ImageClassification preset (resize, centre crop, normalise), fused for speed.
 
@@ -39,16 +64,8 @@ class FusedEvalTransform:
         )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        shorter, crop = self.resize_size[0], self.crop_size[0]
-        # The preset's arithmetic: shorter side to `shorter`, longer side truncated, crop offset rounded.
-        if width <= height:
-            resized_w, resized_h = shorter, int(shorter * height / width)
-        else:
-            resized_w, resized_h = int(shorter * width / height), shorter
-        x_scale, y_scale = width / resized_w, height / resized_h  # source pixels per resized pixel
-        left, top = round((resized_w - crop) / 2), round((resized_h - crop) / 2)
-        box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+        crop = self.crop_size[0]
+        box = eval_crop_box(image.size, self.resize_size[0], crop)
         pixels = np.asarray(image.resize((crop, crop), self.resample, box=box)).transpose(2, 0, 1)
         normalised = np.empty(pixels.shape, dtype=np.float32)  # CHW, written in one pass per step
         np.subtract(pixels, self.mean, out=normalised, dtype=np.float32)

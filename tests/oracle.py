@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torchvision.transforms._presets import ImageClassification
 
-from classifier import Classifier, load_labels
+from classifier import CamLayers, Classifier, load_labels
 
 
 def load_oracle(device: str = "cpu", precision: str = "fast") -> Classifier:
@@ -20,4 +20,8 @@ def load_oracle(device: str = "cpu", precision: str = "fast") -> Classifier:
     )
     # torchvision's own evaluation preset (resize 256, crop 224), with this model's normalisation.
     transform = ImageClassification(crop_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
-    return Classifier(model, load_labels(), transform=transform, device=device, precision=precision)
+    # Its head is global average pooling + one linear layer: heatmaps come from the activated `_bn1` output.
+    cam_layers = CamLayers(features="_bn1", classifier="_fc", activation=model._swish)
+    return Classifier(
+        model, load_labels(), transform=transform, device=device, precision=precision, cam_layers=cam_layers
+    )
