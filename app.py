@@ -1,4 +1,5 @@
-"""Web demo: drop, paste or snap a photo and see an ImageNet model's top-5 guesses as a bar chart.
+"""Web demo: drop, paste or snap a photo and see an ImageNet model's top-5 guesses as a bar chart, with a
+heatmap of where the model looked.
 
 python app.py                      # http://127.0.0.1:7860
 python app.py --share              # plus a temporary public link
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from classifier import (
     DEFAULT_MAX_PIXELS,
@@ -21,17 +25,28 @@ from classifier import (
     add_model_arguments,
     load_classifier,
 )
+from image_classifier.heatmaps import overlay as overlay_heatmap
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 """Uploads above this are refused by Gradio before they reach the classifier."""
 QUEUE_SIZE = 32
 """Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
+DISPLAY_SIDE = 768
+"""Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
     "a neural network trained on the 1,000 everyday categories of ImageNet, shows its five best "
-    "guesses with how sure it is of each. Uploads are used only to answer, and deleted within two hours."
+    "guesses with how sure it is of each, and where in the photo it looked. Click a bar to see where it "
+    "looked for that class. Uploads are used only to answer, and deleted within two hours."
+)
+NO_PHOTO = "Add a photo first: upload, paste or take one with the webcam."
+# Gradio's default theme with a blue accent and darker secondary text: every text passes WCAG AA contrast.
+THEME = gr.themes.Default(primary_hue="blue").set(
+    body_text_color_subdued="*neutral_600",
+    button_primary_background_fill="*primary_700",
+    button_primary_background_fill_hover="*primary_800",
 )
 
 
@@ -50,6 +65,24 @@ class ImageFile(gr.Image):
         return super().preprocess(payload)  # nothing uploaded, or a base64 stream
 
 
+@dataclass(frozen=True)
+class ShownPhoto:
+    """What a session keeps of its current photo, so a click on a bar needs no second forward pass."""
+
+    image: Image.Image
+    """The upright photo, at most DISPLAY_SIDE pixels on its longest side."""
+    maps: dict[str, np.ndarray]
+    """The top classes' maps on the model's grid."""
+    region: tuple[float, float, float, float]
+    """The part of the photo the model saw (fractions)."""
+    label: str
+    """The class whose map is shown."""
+
+
+def heatmap_caption(label: str) -> str:
+    return f"Where the model looked for “{label}”"
+
+
 def build_demo(
     classifier: Classifier,
     *,
@@ -57,31 +90,107 @@ def build_demo(
     examples: Sequence[str] = EXAMPLES,
     top_k: int = 5,
     queue_size: int = QUEUE_SIZE,
-) -> gr.Interface:
-    """The Gradio interface around `classifier`, queued; its API endpoint is `/predict`."""
+) -> gr.Blocks:
+    """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
+    `/explain` (photo -> top-k and the heatmap of the top class)."""
 
     def classify(image: str | None) -> dict[str, float]:
+        """The top classes of a photo: the label value of `/predict`."""
         if image is None:
-            raise gr.Error("Add a photo first: upload, paste or take one with the webcam.")
+            raise gr.Error(NO_PHOTO)
         try:
             return classifier.predict(image, top_k=top_k)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
 
-    demo = gr.Interface(
-        fn=classify,
-        inputs=ImageFile(
-            type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Photo"
-        ),
-        outputs=gr.Label(num_top_classes=top_k, label=f"Top {top_k}"),
-        examples=list(examples) or None,
-        title=TITLE,
-        description=DESCRIPTION.format(model=model_name),
-        flagging_mode="never",
-        api_name="predict",
-        delete_cache=(3600, 3600),  # hourly, remove cached uploads older than an hour
-    )
+    def analyse(image: str) -> tuple[dict[str, float], ShownPhoto | None]:
+        try:
+            analysis = classifier.analyse(image, top_k=top_k)
+        except ImageError as e:
+            raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+        if analysis.heatmaps is None:
+            return analysis.predictions, None
+        display = analysis.image.copy()
+        display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+        maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
+        top = next(iter(analysis.predictions))
+        return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
+
+    def heatmap_picture(shown: ShownPhoto | None, label: str, opacity: float):
+        if shown is None:  # the model has no heatmaps: say so in words
+            return gr.Image(value=None, label="Heatmap", alt_text=None), classifier.no_heatmaps_reason
+        picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
+        caption = heatmap_caption(label)
+        return gr.Image(value=picture, label=caption, alt_text=caption), caption
+
+    def show_photo(image: str | None, opacity: float):
+        """A photo landed (or was cleared): bars, the top class's heatmap and caption, session state."""
+        if image is None:
+            return None, gr.Image(value=None, label="Heatmap", alt_text=None), "", None
+        predictions, shown = analyse(image)
+        picture, caption = heatmap_picture(shown, next(iter(predictions)), opacity)
+        return predictions, picture, caption, shown
+
+    def explain(image: str | None):
+        """The label value and the top class's heatmap picture (none where the model has no heatmaps):
+        `/explain`."""
+        if image is None:
+            raise gr.Error(NO_PHOTO)
+        predictions, shown = analyse(image)
+        if shown is None:
+            return predictions, None
+        return predictions, overlay_heatmap(shown.image, shown.maps[shown.label], shown.region)
+
+    def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
+        """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
+        if shown is None or selected.value not in shown.maps:
+            return gr.skip(), gr.skip(), gr.skip()
+        picture, caption = heatmap_picture(shown, selected.value, opacity)
+        return picture, caption, replace(shown, label=selected.value)
+
+    def change_opacity(shown: ShownPhoto | None, opacity: float):
+        return gr.skip() if shown is None else heatmap_picture(shown, shown.label, opacity)[0]
+
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\n\n{DESCRIPTION.format(model=model_name)}")
+        shown = gr.State()
+        with gr.Tab("Photo"), gr.Row(equal_height=False):
+            with gr.Column():
+                photo = ImageFile(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Photo",
+                    alt_text="The photo being classified",
+                )
+                gr.ClearButton(photo)  # in the browser; the photo's change then resets the rest
+                if examples:
+                    gr.Examples(
+                        list(examples),
+                        inputs=photo,
+                        example_labels=[Path(path).stem.replace("_", " ").title() for path in examples],
+                        label="Examples",
+                    )
+            with gr.Column():
+                bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}")
+                overlay = gr.Image(label="Heatmap", type="pil", interactive=False, format="jpeg")
+                caption = gr.Markdown(elem_id="heatmap-caption")
+                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+
+        page_only = {"api_visibility": "private"}  # the page's own events; the API is below
+        photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
+        bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
+        opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
+
+        # The API, unchanged for clients since the first version: /predict takes a photo, gives the top-k.
+        gr.Button(visible=False).click(classify, photo, bars, api_name="predict")
+        gr.Button(visible=False).click(explain, photo, [bars, overlay], api_name="explain")
     return demo.queue(max_size=queue_size)
+
+
+def launch_options(max_file_size: str = MAX_FILE_SIZE) -> dict:
+    """What every launch of the page passes to `launch()`: the accessible theme and the upload limit."""
+    return {"theme": THEME, "max_file_size": max_file_size}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -123,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_name=args.host,
         server_port=args.port,
         share=args.share or None,  # None: Gradio's own default, a link only where GRADIO_SHARE asks
-        max_file_size=args.max_file_size,
+        **launch_options(args.max_file_size),
     )
     return 0
 

@@ -29,7 +29,13 @@ OUTPUT = ROOT / "docs" / "screenshot.png"
 def main() -> None:
     demo = app.build_demo(load_oracle(), model_name="EfficientNet-Lite0")
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
     try:
         with sync_playwright() as playwright:
             browser = launch_chromium(playwright)

@@ -88,7 +88,7 @@ def server(oracle):
         server_port=port,
         prevent_thread_lock=True,
         quiet=True,
-        max_file_size=app.MAX_FILE_SIZE,
+        **app.launch_options(),
     )
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -13,4 +13,4 @@ from oracle import load_oracle  # noqa: E402
 
 if __name__ == "__main__":
     demo = app.build_demo(load_oracle(), model_name="EfficientNet-Lite0")
-    demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), max_file_size=app.MAX_FILE_SIZE)
+    demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), **app.launch_options())

@@ -46,14 +46,40 @@ def test_missing_image_is_a_friendly_error(client):
 
 
 def test_the_demo_is_configured_as_users_expect(oracle):
+    import gradio as gr
+
     demo = app.build_demo(oracle)
-    image, label = demo.input_components[0], demo.output_components[0]
-    assert set(image.sources) == {"upload", "webcam", "clipboard"}
-    assert label.num_top_classes == 5
-    assert demo.flagging_mode == "never"
-    assert demo.title and "ImageNet" in demo.description
-    assert sorted(os.path.basename(path) for path in demo.examples) == sorted(EXPECTED)
-    assert image.get_block_name() == "image"  # the standard image widget in the browser
+    components = list(demo.blocks.values())
+    (photo,) = [c for c in components if isinstance(c, app.ImageFile)]
+    (bars,) = [c for c in components if isinstance(c, gr.Label)]
+    assert set(photo.sources) == {"upload", "webcam", "clipboard"}
+    assert photo.get_block_name() == "image"  # the standard image widget in the browser
+    assert bars.num_top_classes == 5
+    (examples,) = [c for c in components if isinstance(c, gr.Dataset)]
+    assert sorted(os.path.basename(sample[0]["path"]) for sample in examples.samples) == sorted(EXPECTED)
+    assert [c.label for c in components if isinstance(c, gr.Tab)][0] == "Photo"  # the first tab
+
+
+def test_the_api_offers_predict_and_explain(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/explain"} <= set(endpoints)
+    for name in ("/predict", "/explain"):
+        (parameter,) = endpoints[name]["parameters"]
+        assert parameter["component"] == "Image"
+    assert [r["component"] for r in endpoints["/predict"]["returns"]] == ["Label"]
+    assert [r["component"] for r in endpoints["/explain"]["returns"]] == ["Label", "Image"]
+
+
+def test_explain_endpoint_gives_the_label_value_and_the_heatmap_picture(client):
+    from PIL import Image
+
+    bars, picture = client.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/explain")
+    assert_top5(bars, EXPECTED["cat.jpg"])
+    assert bars == client.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/predict")
+    with Image.open(picture) as overlay:
+        assert overlay.size == Image.open(EXAMPLES / "cat.jpg").size  # small photos keep their size
+    with pytest.raises(AppError, match="Add a photo first"):
+        client.predict(None, api_name="/explain")
 
 
 # --- python app.py ------------------------------------------------------------------------------

@@ -11,12 +11,16 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
-from conftest import EXAMPLES, EXPECTED
+from conftest import EXAMPLES, EXPECTED, ROOT
 from hostile import corpus
 
 DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
 BARS = '[data-testid="label"] .confidence-set'
 TOAST = ".toast-body"
+HEATMAP = 'img[alt^="Where the model looked for"]'
+CAPTION = "#heatmap-caption"
+AXE = ROOT / "tests" / "node_modules" / "axe-core" / "axe.min.js"
+WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,8 @@ def page(browser, server):
     context.close()
 
 
-def submit_and_read_chart(page) -> list[tuple[str, float]]:
-    page.get_by_role("button", name="Submit").click()
+def read_chart(page) -> list[tuple[str, float]]:
+    """The bars, once they are there: a photo is classified as soon as it lands, with no click."""
     page.locator(BARS).nth(4).wait_for(timeout=30_000)
     expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
     return shown_predictions(page)
@@ -62,7 +66,7 @@ def test_upload_through_the_file_chooser(page):
     with page.expect_file_chooser() as chooser:
         page.locator(DROP_ZONE).click()
     chooser.value.set_files(EXAMPLES / "cat.jpg")
-    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+    assert_chart(read_chart(page), EXPECTED["cat.jpg"])
 
 
 def test_drag_and_drop_a_file_onto_the_image_area(page):
@@ -79,7 +83,7 @@ def test_drag_and_drop_a_file_onto_the_image_area(page):
     zone = page.locator(DROP_ZONE)
     for event in ("dragenter", "dragover", "drop"):
         zone.dispatch_event(event, {"dataTransfer": transfer})
-    assert_chart(submit_and_read_chart(page), EXPECTED["coffee.jpg"])
+    assert_chart(read_chart(page), EXPECTED["coffee.jpg"])
 
 
 def test_paste_from_the_clipboard(page):
@@ -96,12 +100,12 @@ def test_paste_from_the_clipboard(page):
         data,
     )
     page.get_by_role("button", name="Paste from clipboard").click()
-    assert_chart(submit_and_read_chart(page), EXPECTED["rocket.jpg"])
+    assert_chart(read_chart(page), EXPECTED["rocket.jpg"])
 
 
 def test_click_an_example(page):
-    page.locator('[data-testid="examples"] img, .gallery img').nth(1).click()  # coffee.jpg (sorted)
-    assert_chart(submit_and_read_chart(page), EXPECTED["coffee.jpg"])
+    page.get_by_role("button", name="Coffee").click()
+    assert_chart(read_chart(page), EXPECTED["coffee.jpg"])
 
 
 def test_webcam_capture_gets_five_bars(page):
@@ -112,20 +116,19 @@ def test_webcam_capture_gets_five_bars(page):
     page.wait_for_timeout(1000)  # let the fake stream produce frames
     page.get_by_role("button", name="capture photo").click()
     expect(page.locator('[data-testid="image"] img:not(.hide)').first).to_be_visible(timeout=20_000)
-    assert_chart(submit_and_read_chart(page))
+    assert_chart(read_chart(page))
 
 
 def test_non_image_upload_shows_a_friendly_error_and_the_next_upload_works(page, tmp_path):
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is not a photo")
     page.set_input_files("input[type=file]", fake)
-    page.get_by_role("button", name="Submit").click()
     toast = page.locator(TOAST).first
     expect(toast).to_contain_text("This file is not an image we can read (PNG, JPEG, WebP, GIF, BMP, TIFF).")
     assert "Traceback" not in toast.inner_text() and "upstream" not in toast.inner_text()
-    page.get_by_role("button", name="Clear", exact=True).first.click()  # the form's Clear
+    page.get_by_role("button", name="Clear", exact=True).first.click()
     page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
-    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+    assert_chart(read_chart(page), EXPECTED["cat.jpg"])
 
 
 @pytest.mark.parametrize("case", [c for c in corpus() if c.error], ids=lambda case: case.name)
@@ -133,7 +136,6 @@ def test_hostile_uploads_show_their_error_on_the_page(page, case, tmp_path):
     path = tmp_path / case.name
     path.write_bytes(case.data)
     page.set_input_files("input[type=file]", path)
-    page.get_by_role("button", name="Submit").click()
     expect(page.locator(TOAST).first).to_contain_text(case.error, timeout=30_000)
 
 
@@ -143,13 +145,93 @@ def test_phone_viewport_is_usable_without_horizontal_scrolling(browser, server):
     page.goto(server)
     page.locator(DROP_ZONE).wait_for()
     page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
-    assert_chart(submit_and_read_chart(page), EXPECTED["cat.jpg"])
+    assert_chart(read_chart(page), EXPECTED["cat.jpg"])
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for locator in (
-        page.locator('[data-testid="image"]'),
-        page.get_by_role("button", name="Submit"),
+        page.locator('[data-testid="image"]').first,
         page.locator('[data-testid="label"]'),
+        page.locator(HEATMAP),
     ):
         box = locator.bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
     context.close()
+
+
+# --- heatmaps ---------------------------------------------------------------------------------------
+
+
+def shown_heatmap(page) -> tuple[str, bytes]:
+    """The heatmap picture as a person gets it: its text alternative and its pixels (the served file)."""
+    picture = page.locator(HEATMAP)
+    expect(picture).to_be_visible(timeout=30_000)
+    return picture.get_attribute("alt"), page.request.get(picture.get_attribute("src")).body()
+
+
+def test_a_photo_shows_bars_and_the_top_class_heatmap_without_a_click(page):
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    predictions = read_chart(page)
+    assert_chart(predictions, EXPECTED["cat.jpg"])
+    top = predictions[0][0]
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{top}”")
+    expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{top}”")
+
+
+def test_clicking_a_bar_switches_the_heatmap_to_that_class(page):
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    predictions = read_chart(page)
+    first_alt, first_pixels = shown_heatmap(page)
+    second = predictions[1][0]
+    page.locator(BARS).nth(1).click()
+    expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{second}”")
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{second}”")
+    second_alt, second_pixels = shown_heatmap(page)
+    assert second_alt != first_alt and second_pixels != first_pixels
+
+
+def test_keyboard_alone_chooses_a_photo_and_switches_the_heatmap(page):
+    page.locator(DROP_ZONE).focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(EXAMPLES / "coffee.jpg")
+    predictions = read_chart(page)
+    page.locator(BARS).nth(2).focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{predictions[2][0]}”")
+
+
+def test_clear_resets_the_bars_and_the_heatmap(page):
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    read_chart(page)
+    expect(page.locator(HEATMAP)).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Clear", exact=True).first.click()
+    expect(page.locator(BARS)).to_have_count(0, timeout=30_000)
+    expect(page.locator(HEATMAP)).to_have_count(0)
+    expect(page.locator(CAPTION)).to_have_text("")
+
+
+def accessibility_violations(page) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is now, one line each."""
+    page.add_script_tag(path=str(AXE))
+    violations = page.evaluate(
+        """async tags => (await axe.run(document, {runOnly: {type: "tag", values: tags}})).violations
+            .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(" ")).join(", ")})`)""",
+        WCAG_21_AA,
+    )
+    return violations
+
+
+def test_every_tab_passes_axe_wcag_21_aa_after_a_photo_is_classified(page):
+    if not AXE.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"axe-core is missing at {AXE}: npm ci --prefix tests")
+        pytest.skip(f"axe-core is missing at {AXE}: npm ci --prefix tests")
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    read_chart(page)
+    expect(page.locator(HEATMAP)).to_be_visible(timeout=30_000)
+    tabs = page.get_by_role("tab")
+    names = tabs.all_inner_texts()
+    assert names and names[0] == "Photo"
+    for index, name in enumerate(names):
+        tabs.nth(index).click()
+        page.wait_for_timeout(300)
+        assert accessibility_violations(page) == [], name
