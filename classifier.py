@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -268,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show (default 5)")
     add_model_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        type=Path,
+        help="also write each image's heatmap (top class) as a PNG into DIR",
+    )
     args = parser.parse_args(argv)
     classes = len(load_labels())
     if not 1 <= args.top_k <= classes:
@@ -280,11 +287,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.explain and classifier.no_heatmaps_reason:
+        print(f"error: {classifier.no_heatmaps_reason}", file=sys.stderr)
+        return 1
 
     failed = 0
+    written: set[Path] = set()
     for path in args.images:
         try:
-            top = classifier.predict(path, top_k=args.top_k)
+            if args.explain:
+                top = _write_heatmap(classifier, path, args.top_k, args.explain, written)
+            else:
+                top = classifier.predict(path, top_k=args.top_k)
         except ImageError as e:
             print(f"{path}: {e}", file=sys.stderr)
             failed += 1
@@ -297,6 +311,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, probability in top.items():
                 print(f"  {label:<{width}}  {probability:6.1%}")
     return 1 if failed else 0
+
+
+def _write_heatmap(
+    classifier: Classifier, path: str, top_k: int, folder: Path, written: set[Path]
+) -> dict[str, float]:
+    """Classify `path` and write its top class's heatmap over the photo as DIR/<name>.png (<name>-2.png
+    and so on where two images share a name)."""
+    analysis = classifier.analyse(path, top_k=top_k)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, number = Path(path).stem, 1
+    target = folder / f"{stem}.png"
+    while target in written:
+        number += 1
+        target = folder / f"{stem}-{number}.png"
+    analysis.heatmaps.overlay(analysis.image, next(iter(analysis.predictions))).save(target)
+    written.add(target)
+    return analysis.predictions
 
 
 if __name__ == "__main__":

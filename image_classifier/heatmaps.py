@@ -104,10 +104,14 @@ def upsample(cam: np.ndarray, size: tuple[int, int], box: tuple[float, float, fl
     left, top, right, bottom = _pixel_box(box, size)
     heatmap = np.zeros((height, width), dtype=np.float32)
     if right > left and bottom > top:
-        inside = Image.fromarray(cam.astype(np.float32), mode="F")
-        inside = inside.resize((right - left, bottom - top), Image.BICUBIC)
-        heatmap[top:bottom, left:right] = np.clip(np.asarray(inside), 0, 1)
+        heatmap[top:bottom, left:right] = _smoothly_resized(cam, (right - left, bottom - top))
     return heatmap
+
+
+def _smoothly_resized(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`cam` resized bicubically to `size` (width, height), kept in [0, 1]."""
+    resized = Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.BICUBIC)
+    return np.clip(np.asarray(resized), 0, 1)
 
 
 def _pixel_box(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -126,15 +130,23 @@ def _colormap_lut() -> np.ndarray:
 def overlay(
     image: Image.Image, cam: np.ndarray, box: tuple[float, float, float, float], opacity: float = 0.5
 ) -> Image.Image:
-    """`image` with `cam` blended over the region the model saw, in a perceptual colormap; the rest dimmed."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    heat = upsample(cam, image.size, box)
-    colours = _colormap_lut()[np.round(heat * 255).astype(np.uint8)].astype(np.float32)
-    blended = rgb * DIMMED
-    left, top, right, bottom = _pixel_box(box, image.size)
-    seen = (slice(top, bottom), slice(left, right))
-    blended[seen] = (1 - opacity) * rgb[seen] + opacity * colours[seen]
-    return Image.fromarray(np.round(blended).astype(np.uint8))
+    """`image` with `cam` blended over the region the model saw, in a perceptual colormap; the rest dimmed.
+
+    Only the seen region is upsampled and coloured, and the blending is PIL's, in 8 bits: a few
+    milliseconds for a 768-pixel picture.
+    """
+    rgb = image.convert("RGB")
+    picture = rgb.point(lambda value: value * DIMMED)
+    left, top, right, bottom = _pixel_box(box, rgb.size)
+    if right > left and bottom > top:
+        heat = Image.fromarray(cam.astype(np.float32), mode="F").resize(
+            (right - left, bottom - top), Image.BICUBIC
+        )
+        levels = np.clip(np.asarray(heat) * 255 + 0.5, 0, 255).astype(np.uint8)
+        colours = Image.fromarray(_colormap_lut()[levels])
+        seen = rgb.crop((left, top, right, bottom))
+        picture.paste(Image.blend(seen, colours, opacity), (left, top))
+    return picture
 
 
 class HeatmapsUnavailable(ValueError):

@@ -41,3 +41,9 @@ def test_gpu_benchmark_runs(tmp_path):
         assert set(results[kind]) == {"1", "2"}
         for result in results[kind].values():
             assert result["speedup"] > 0 and len(result["fast"]) == len(result["exact"]) == 2
+
+
+def test_heatmap_benchmark_runs(tmp_path):
+    run("heatmaps.py", tmp_path)
+    (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
+    assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0

@@ -1,6 +1,10 @@
 """Heatmaps: exact class activation maps from the same forward pass, checked on real photos."""
 
 import io
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from classifier import Classifier, HeatmapsUnavailable
-from conftest import EXAMPLES
+from conftest import EXAMPLES, ROOT
 from image_classifier.heatmaps import WithFeatureMap, cam_layers_for, class_activation_maps
 
 CAT, COFFEE = "tabby", "espresso"  # the two photos' classes, as the oracle names them
@@ -142,3 +146,25 @@ def test_a_model_without_a_cam_head_says_so_in_words(labels):
     assert classifier.analyse(EXAMPLES / "cat.jpg").heatmaps is None
     with pytest.raises(HeatmapsUnavailable, match="No heatmap for MobileNetV3"):
         classifier.explain(EXAMPLES / "cat.jpg")
+
+
+def test_cli_explain_writes_one_overlay_png_per_image(densenet_weights, tmp_path):
+    folder = tmp_path / "heatmaps"
+    images = [str(EXAMPLES / "cat.jpg"), str(EXAMPLES / "coffee.jpg"), str(EXAMPLES / "cat.jpg")]
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    result = subprocess.run(
+        [sys.executable, "classifier.py", *images, str(bad), "--weights", str(densenet_weights)]
+        + ["--explain", str(folder), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "This file is not an image we can read" in result.stderr
+    assert sorted(path.name for path in folder.iterdir()) == ["cat-2.png", "cat.png", "coffee.png"]
+    for name, photo in (("cat.png", "cat.jpg"), ("coffee.png", "coffee.jpg")):
+        with Image.open(folder / name) as overlay, Image.open(EXAMPLES / photo) as original:
+            assert overlay.size == original.size and overlay.mode == "RGB"
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(line["image"]).name for line in lines] == ["cat.jpg", "coffee.jpg", "cat.jpg"]
