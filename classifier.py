@@ -243,7 +243,8 @@ def run_batch(classifier: Classifier, args: argparse.Namespace) -> int:
 def run_on_ray(args: argparse.Namespace) -> int:
     from image_classifier import ray_batch
 
-    load = functools.partial(load_classifier, args.model, args.weights, args.device, precision=args.precision)
+    weights = os.path.abspath(args.weights) if args.weights else None  # actors run in other folders
+    load = functools.partial(load_classifier, args.model, weights, args.device, precision=args.precision)
     try:
         summary = ray_batch.run(
             load,

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from image_classifier.decoding import ImageError
+from image_classifier.decoding import ImageError, ImageInput
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 """What a folder walk or a glob picks up (case-insensitive); a file named on its own is always tried."""
@@ -40,7 +40,7 @@ class Predictor(Protocol):
 
     labels: list[str]
 
-    def preprocess(self, image: str) -> torch.Tensor: ...
+    def preprocess(self, image: ImageInput) -> torch.Tensor: ...
     def forward(self, batch: torch.Tensor) -> torch.Tensor: ...
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> dict[str, float]: ...
 
@@ -66,8 +66,8 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
     found: list[str] = []
     seen: set[str] = set()
 
-    def add(path: str) -> None:
-        key = os.path.normpath(path)
+    def add(path: str, key: str | None = None) -> None:
+        key = key or os.path.normpath(path)
         if key not in seen:
             seen.add(key)
             found.append(path)
@@ -77,15 +77,19 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
             for path in _walk(raw):
                 add(path)
         elif glob.has_magic(raw) and not os.path.exists(raw):
-            matches = sorted(glob.glob(raw, recursive=True))
+            matches = glob.glob(raw, recursive=True)
             if not matches:
                 add(raw)  # "No such file" in its row rather than silence
-            for match in matches:
+            # `**` follows symbolic links, loops included: one row per real file, its shortest name.
+            shortest: dict[str, str] = {}
+            for match in sorted(matches, key=lambda match: (match.count(os.sep), match)):
+                shortest.setdefault(os.path.realpath(match), match)
+            for match in sorted(shortest.values()):
                 if os.path.isdir(match):
                     for path in _walk(match):
-                        add(path)
+                        add(path, os.path.realpath(path))
                 elif _is_image_name(match):
-                    add(match)
+                    add(match, os.path.realpath(match))
         else:
             add(raw)
     return found
@@ -123,19 +127,34 @@ def classify_images(
     At most two batches' worth of images are decoded ahead of the engine (a bounded window), so memory
     doesn't grow with the number of images.
     """
+    return classify_sources(
+        classifier, ((image, image) for image in images), top_k=top_k, batch_size=batch_size, workers=workers
+    )
+
+
+def classify_sources(
+    classifier: Predictor,
+    sources: Iterable[tuple[str, ImageInput]],
+    *,
+    top_k: int = 5,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+) -> Iterator[Row]:
+    """`classify_images` for (name, image) pairs, the image given as a path, bytes or a PIL image."""
     if not 1 <= top_k <= len(classifier.labels):
         raise ValueError(f"top_k must be between 1 and {len(classifier.labels)}, not {top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     workers = workers or min(4, os.cpu_count() or 1)
     window = 2 * batch_size + workers
-    queue = iter(images)
+    queue = iter(sources)
     pending: deque[tuple[str, Future[torch.Tensor]]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
 
         def top_up() -> None:
-            while len(pending) < window and (image := next(queue, None)) is not None:
-                pending.append((image, pool.submit(_decode, classifier, image)))
+            while len(pending) < window and (item := next(queue, None)) is not None:
+                name, source = item
+                pending.append((name, pool.submit(_decode, classifier, source)))
 
         try:
             top_up()
@@ -154,7 +173,7 @@ def classify_images(
                 future.cancel()
 
 
-def _decode(classifier: Predictor, image: str) -> torch.Tensor:
+def _decode(classifier: Predictor, image: ImageInput) -> torch.Tensor:
     try:
         return classifier.preprocess(image)
     except PermissionError:
@@ -218,6 +237,16 @@ def columns(top_k: int) -> list[str]:
     """image, label_1, probability_1, ..., label_K, probability_K, error."""
     pairs = [name for k in range(1, top_k + 1) for name in (f"label_{k}", f"probability_{k}")]
     return ["image", *pairs, "error"]
+
+
+def arrow_schema(top_k: int):
+    """`columns(top_k)` as a pyarrow schema: strings, float64 probabilities (Parquet, Ray)."""
+    import pyarrow as pa
+
+    fields = [pa.field("image", pa.string())]
+    for k in range(1, top_k + 1):
+        fields += [pa.field(f"label_{k}", pa.string()), pa.field(f"probability_{k}", pa.float64())]
+    return pa.schema([*fields, pa.field("error", pa.string())])
 
 
 def row_to_record(row: Row, top_k: int) -> dict[str, str | float | None]:
@@ -331,10 +360,7 @@ class RowWriter:
         import pyarrow as pa
 
         pq = _pyarrow_parquet()
-        fields = [pa.field("image", pa.string())]
-        for k in range(1, self.top_k + 1):
-            fields += [pa.field(f"label_{k}", pa.string()), pa.field(f"probability_{k}", pa.float64())]
-        schema = pa.schema([*fields, pa.field("error", pa.string())])
+        schema = arrow_schema(self.top_k)
         journal = _journal(self.path)
         temp = self.path.with_name(f".{self.path.name}.tmp")  # a complete file or the old one
         with pq.ParquetWriter(temp, schema) as writer:
