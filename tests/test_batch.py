@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -269,3 +270,17 @@ def test_cli_writes_the_table_and_exits_1_with_a_summary(densenet_weights, rando
             assert row.error.startswith(BROKEN[name])
         else:
             assert_same_answers(row.predictions, random_densenet.predict(image))
+
+
+def test_batch_benchmark_runs(tmp_path):
+    """bench/batch.py with tiny settings, so the script can't rot (timings are never asserted)."""
+    result = subprocess.run(
+        [sys.executable, "bench/batch.py", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((tmp_path / "batch.json").read_text())
+    assert results["runner"] > 0 and results["loop"] > 0 and set(results["rss_mb"]) == {"50", "200"}
