@@ -12,6 +12,7 @@ same classifier serves the web demo, the command line and anyone importing it. I
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from image_classifier import batch
 from image_classifier.catalogue import (
     DEFAULT_MODEL,
     ModelLoadError,
@@ -265,7 +267,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with an ImageNet model.")
-    parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
+    parser.add_argument("images", nargs="+", metavar="PATH", help="images; with --output, folders and globs")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes to show (default 5)")
     add_model_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -275,10 +277,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="also write each image's heatmap (top class) as a PNG into DIR",
     )
+    add_batch_arguments(parser)
     args = parser.parse_args(argv)
     classes = len(load_labels())
     if not 1 <= args.top_k <= classes:
         parser.error(f"--top-k must be between 1 and {classes}")
+    if args.output is None and (args.ray or args.resume):
+        parser.error("--ray and --resume write a table: give it with --output results.csv")
+    if args.ray:
+        return run_on_ray(args)
 
     try:
         classifier = load_classifier(
@@ -290,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.explain and classifier.no_heatmaps_reason:
         print(f"error: {classifier.no_heatmaps_reason}", file=sys.stderr)
         return 1
+    if args.output is not None:
+        return run_batch(classifier, args)
 
     failed = 0
     written: set[Path] = set()
@@ -328,6 +337,62 @@ def _write_heatmap(
     analysis.heatmaps.overlay(analysis.image, next(iter(analysis.predictions))).save(target)
     written.add(target)
     return analysis.predictions
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Many images into one table (image_classifier.batch), locally or on Ray."""
+    group = parser.add_argument_group("many images into one table")
+    group.add_argument("--output", metavar="FILE", help="write a .csv, .jsonl or .parquet table")
+    group.add_argument("--batch-size", type=int, default=batch.DEFAULT_BATCH_SIZE, metavar="N")
+    group.add_argument("--workers", type=int, metavar="N", help="decoding threads (default: up to 4)")
+    group.add_argument("--resume", action="store_true", help="keep the rows in FILE, skip their images")
+    group.add_argument("--progress", action="store_true", help="progress bar even when not on a terminal")
+    group.add_argument("--ray", action="store_true", help="run on Ray (local, or RAY_ADDRESS's cluster)")
+    group.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default $RAY_ADDRESS)")
+    group.add_argument("--ray-actors", type=int, metavar="N", help="classifier actors (default: from CPUs)")
+
+
+def run_batch(classifier: Classifier, args: argparse.Namespace) -> int:
+    try:
+        summary = batch.run(
+            classifier,
+            args.images,
+            args.output,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            resume=args.resume,
+            progress=args.progress or None,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary, file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def run_on_ray(args: argparse.Namespace) -> int:
+    from image_classifier import ray_batch
+
+    weights = os.path.abspath(args.weights) if args.weights else None  # actors run in other folders
+    load = functools.partial(load_classifier, args.model, weights, args.device, precision=args.precision)
+    try:
+        summary = ray_batch.run(
+            load,
+            args.images,
+            args.output,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            address=args.ray_address,
+            actors=args.ray_actors,
+            progress=args.progress or None,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary, file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":
