@@ -25,6 +25,7 @@ from classifier import (
     add_model_arguments,
     load_classifier,
 )
+from image_classifier import batch
 from image_classifier.heatmaps import overlay as overlay_heatmap
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
@@ -90,6 +91,7 @@ def build_demo(
     examples: Sequence[str] = EXAMPLES,
     top_k: int = 5,
     queue_size: int = QUEUE_SIZE,
+    max_batch_files: int = batch.DEFAULT_MAX_BATCH_FILES,
 ) -> gr.Blocks:
     """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
     `/explain` (photo -> top-k and the heatmap of the top class)."""
@@ -151,6 +153,20 @@ def build_demo(
     def change_opacity(shown: ShownPhoto | None, opacity: float):
         return gr.skip() if shown is None else heatmap_picture(shown, shown.label, opacity)[0]
 
+    def classify_many(files: list[str] | None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        """The Many photos tab: a row per file (bad ones with their error) and the same table as a CSV."""
+        try:
+            rows, csv_path = batch.classify_uploads(
+                classifier,
+                files or [],
+                max_files=max_batch_files,
+                top_k=top_k,
+                progress=lambda done, total: progress((done, total), unit="photos"),
+            )
+        except ValueError as e:  # none, or too many: in plain words
+            raise gr.Error(str(e), print_exception=False) from None
+        return rows, gr.DownloadButton(value=csv_path, visible=True)
+
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n\n{DESCRIPTION.format(model=model_name)}")
         shown = gr.State()
@@ -177,10 +193,30 @@ def build_demo(
                 caption = gr.Markdown(elem_id="heatmap-caption")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
 
+        with gr.Tab("Many photos"):
+            gr.Markdown(
+                f"Choose up to {max_batch_files} photos at once: each gets a row, and the table comes as a "
+                "CSV file too."
+            )
+            many = gr.UploadButton(
+                "Choose photos", file_count="multiple", file_types=["image"], variant="primary"
+            )
+            table = gr.Dataframe(
+                headers=batch.TABLE_HEADERS,
+                interactive=False,
+                wrap=True,
+                label="Results",
+                max_height=600,
+                column_widths=["14%", "14%", "10%", "37%", "25%"],
+            )
+            download = gr.DownloadButton("Download CSV", visible=False)
+
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
         photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
+
+        many.upload(classify_many, many, [table, download], concurrency_limit=1, **page_only)
 
         # The API, unchanged for clients since the first version: /predict takes a photo, gives the top-k.
         gr.Button(visible=False).click(classify, photo, bars, api_name="predict")
@@ -209,6 +245,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"largest image in megapixels (default {DEFAULT_MAX_PIXELS / 1e6:g})",
     )
     parser.add_argument(
+        "--max-batch-files",
+        type=int,
+        default=batch.DEFAULT_MAX_BATCH_FILES,
+        help=f"most photos the Many photos tab takes at once (default {batch.DEFAULT_MAX_BATCH_FILES})",
+    )
+    parser.add_argument(
         "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"
     )
     return parser.parse_args(argv)
@@ -227,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    demo = build_demo(classifier, model_name=args.model, queue_size=args.queue_size)
+    demo = build_demo(
+        classifier, model_name=args.model, queue_size=args.queue_size, max_batch_files=args.max_batch_files
+    )
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -235,3 +235,30 @@ def test_every_tab_passes_axe_wcag_21_aa_after_a_photo_is_classified(page):
         tabs.nth(index).click()
         page.wait_for_timeout(300)
         assert accessibility_violations(page) == [], name
+
+
+# --- many photos ------------------------------------------------------------------------------------
+
+
+def test_many_photos_tab_gives_a_row_per_file_and_a_csv(page, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    photos = [EXAMPLES / "cat.jpg", EXAMPLES / "coffee.jpg", EXAMPLES / "rocket.jpg", bad]
+    page.get_by_role("tab", name="Many photos").click()
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Choose photos").click()
+    chooser.value.set_files(photos)  # classified as soon as they are chosen
+    rows = page.locator('.virtual-body [role="row"]')  # Gradio 6's table: a virtual body of ARIA rows
+    expect(rows).to_have_count(4, timeout=60_000)
+    cells = {row[0]: row for row in (rows.nth(i).get_by_role("gridcell").all_inner_texts() for i in range(4))}
+    for name, expected in (
+        ("cat.jpg", "cat.jpg"),
+        ("coffee.jpg", "coffee.jpg"),
+        ("rocket.jpg", "rocket.jpg"),
+    ):
+        assert cells[name][1] in EXPECTED[expected] and cells[name][4].strip() == ""
+    assert "This file is not an image we can read" in cells["notes.jpg"][4]
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    lines = download.value.path().read_text().splitlines()
+    assert lines[0].startswith("image,label_1,probability_1") and len(lines) == 5
