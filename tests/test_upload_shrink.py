@@ -311,11 +311,12 @@ def test_where_the_browser_cannot_resize_the_original_goes_and_is_classified(
 
 
 def test_fidelity_on_real_photos_keeps_the_answer(page, oracle):
-    """On the oracle, the photo the browser sends gets the original's answer: the same top-1 (where the
-    original's top-1 leads its runner-up by more than 0.02, i.e. it is not a coin toss) and top-5
-    probabilities within 0.05, 0.02 typically. The server's own spread on the same originals, decoded at
-    full resolution instead of at its reduced JPEG scale, is as large (bench/upload.py prints both)."""
-    deviations = []
+    """On the oracle, the photo the browser sends gets the original's answer (what the server says for
+    the original): the same top-1 where the original's top-1 leads its runner-up by more than 0.02 (not a
+    coin toss), and each top-5 probability within 0.02. Over more grain seeds than these, a few photos
+    reach 0.03; the server's own spread, decoding the same original at full resolution instead of at its
+    reduced JPEG scale, reaches 0.08 (bench/upload.py prints both)."""
+    deviations = {}
     for name in REAL_PHOTOS:
         original = phone_jpeg(upscaled(real_photo(name), PHONE_SIZE))
         sent = base64.b64decode(page.evaluate(SHRINK, base64.b64encode(original).decode()))
@@ -324,8 +325,8 @@ def test_fidelity_on_real_photos_keeps_the_answer(page, oracle):
         top = list(reference)[:5]
         if reference[top[0]] - reference[top[1]] > 0.02:
             assert next(iter(answer)) == top[0], (name, reference, answer)
-        deviations.append(max(abs(reference[label] - answer[label]) for label in top))
-    assert max(deviations) <= 0.05 and float(np.median(deviations)) <= 0.02, deviations
+        deviations[name] = max(abs(reference[label] - answer[label]) for label in top)
+    assert max(deviations.values()) <= 0.02, deviations
 
 
 def page_scripts(demo) -> list[str]:
