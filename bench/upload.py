@@ -5,7 +5,8 @@
 
 Two servers on 127.0.0.1 (tests/serve.py: the app with the EfficientNet-Lite0 oracle model, each with its
 own Gradio cache): the page as shipped (--upload-max-side 1024: the browser sends photos upright, at most
-1024 px, re-encoded without metadata) and the page as it was (--upload-max-side 0: the file goes as it is).
+1024 px, re-encoded without metadata) and the page as it was (--upload-max-side 0: the file goes as it is);
+the shipped page is also timed without WebCodecs' ImageDecoder, as Safari and older browsers run it.
 Debian's Chromium (tests/browser.py) chooses a 12 MP phone JPEG of about 4 MB (a real skimage photo
 upscaled with grain, quality 95, EXIF orientation and GPS: tests/photos.py) through the file input, over:
 - a phone's uplink, emulated with the DevTools protocol (Network.emulateNetworkConditions: 1.5 Mbit/s up,
@@ -61,7 +62,15 @@ SHRINK = """async data => {
     for (let i = 0; i < sent.length; i += 8192) text += String.fromCharCode(...sent.subarray(i, i + 8192));
     return btoa(text);
 }"""
-PAGES = {"as it was": 0, "resized": 1024}
+SERVERS = {"as it was": 0, "resized": 1024}
+"""--upload-max-side of each server: the page as it was, the page as shipped."""
+PAGES = {
+    "as it was": ("as it was", None),
+    "resized": ("resized", None),
+    "no WebCodecs": ("resized", "delete window.ImageDecoder;"),
+}
+"""The contenders: a server, and a script run before the page's own. Without ImageDecoder (Safari, older
+browsers, pages on plain http) JPEGs are decoded in full with createImageBitmap, then shrunk."""
 
 
 def start_server(max_side: int, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -81,9 +90,11 @@ def start_server(max_side: int, workdir: Path) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
-def one_round(browser, url: str, photo: Path, throttle: dict | None) -> dict:
+def one_round(browser, url: str, before: str | None, photo: Path, throttle: dict | None) -> dict:
     """Open the page, (throttle it,) choose `photo`, wait for the bars: times in ms, body size in bytes."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})
+    if before:
+        context.add_init_script(before)
     try:
         page = context.new_page()
         bodies = []
@@ -116,15 +127,15 @@ def one_round(browser, url: str, photo: Path, throttle: dict | None) -> dict:
         context.close()
 
 
-def timings(browser, urls: dict[str, str], photo: Path, networks: dict, rounds: int) -> dict:
-    results = {network: {name: [] for name in urls} for network in networks}
-    for url in urls.values():  # warm-up: first page load, first prediction
-        one_round(browser, url, photo, None)
+def timings(browser, pages: dict[str, tuple], photo: Path, networks: dict, rounds: int) -> dict:
+    results = {network: {name: [] for name in pages} for network in networks}
+    for url, before in pages.values():  # warm-up: first page load, first prediction
+        one_round(browser, url, before, photo, None)
     for round_ in range(rounds):
         for network, throttle in networks.items():
-            order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+            order = list(pages) if round_ % 2 == 0 else list(reversed(pages))
             for name in order:
-                results[network][name].append(one_round(browser, urls[name], photo, throttle))
+                results[network][name].append(one_round(browser, *pages[name], photo, throttle))
     return results
 
 
@@ -137,25 +148,28 @@ def report_timings(results: dict, megapixels: float, photo_bytes: int) -> None:
         f"\n1. Chosen -> bars, {megapixels:.0f} MP phone JPEG of {photo_bytes / 1e6:.2f} MB"
         " (median, min–max, seconds)"
     )
-    print(f"   {'network':<26}" + "".join(f"{name:>26}" for name in PAGES) + f"{'ratio':>8}")
+    print(f"   {'network':<26}" + "".join(f"{name:>30}" for name in PAGES))
     for network, pages in results.items():
         cells = []
-        for rows in pages.values():
+        for name, rows in pages.items():
             seconds = [row["ms"] / 1000 for row in rows]
-            cells.append(f"{statistics.median(seconds):.2f} ({min(seconds):.2f}–{max(seconds):.2f})")
-        ratio = median(pages["resized"], "ms") / median(pages["as it was"], "ms")
-        print(f"   {network:<26}" + "".join(f"{cell:>26}" for cell in cells) + f"{ratio:7.2f}×")
+            ratio = median(rows, "ms") / median(pages["as it was"], "ms")
+            cells.append(
+                f"{statistics.median(seconds):.2f} ({min(seconds):.2f}–{max(seconds):.2f})"
+                + (f" {ratio:.2f}×" if name != "as it was" else "")
+            )
+        print(f"   {network:<26}" + "".join(f"{cell:>30}" for cell in cells))
     print("\n2. Where the time went (median ms: before the upload request / the upload / after it)")
     for network, pages in results.items():
         for name, rows in pages.items():
             parts = " / ".join(
                 f"{median(rows, key):6.0f}" for key in ("before_upload_ms", "upload_ms", "after_upload_ms")
             )
-            print(f"   {network:<26} {name:<12} {parts}")
+            print(f"   {network:<26} {name:<13} {parts}")
     print("\n3. Upload request body (bytes)")
     for name in PAGES:
         sizes = {row["body_bytes"] for pages in results.values() for row in pages[name]}
-        print(f"   {name:<12} {', '.join(f'{size:,}' for size in sorted(sizes))}")
+        print(f"   {name:<13} {', '.join(f'{size:,}' for size in sorted(sizes))}")
 
 
 def fidelity(page, names: list[str], size: tuple[int, int], seeds: int) -> list[dict]:
@@ -241,13 +255,12 @@ def main() -> None:
         photo = workdir / "IMG_0001.jpg"
         photo.write_bytes(phone_jpeg(upscaled(real_photo("chelsea"), size)))
         photo_bytes = photo.stat().st_size
-        servers = {name: start_server(max_side, workdir) for name, max_side in PAGES.items()}
+        servers = {name: start_server(max_side, workdir) for name, max_side in SERVERS.items()}
         try:
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
-                results = timings(
-                    browser, {name: url for name, (_, url) in servers.items()}, photo, networks, rounds
-                )
+                pages = {name: (servers[server][1], before) for name, (server, before) in PAGES.items()}
+                results = timings(browser, pages, photo, networks, rounds)
                 report_timings(results, size[0] * size[1] / 1e6, photo_bytes)
                 page = browser.new_page()
                 page.goto(servers["resized"][1])
