@@ -8,6 +8,7 @@ python app.py --share              # plus a temporary public link
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,10 @@ QUEUE_SIZE = 32
 """Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
+UPLOAD_MAX_SIDE = 1024
+"""The browser shrinks photos to this long side before sending them: plenty for the model (256 px) and for
+a sharp heatmap, and a 4 MB phone photo becomes ~150 KB."""
+SHRINK_UPLOADS = Path(__file__).with_name("image_classifier") / "shrink_uploads.js"
 TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
@@ -84,6 +89,14 @@ def heatmap_caption(label: str) -> str:
     return f"Where the model looked for “{label}”"
 
 
+def shrink_uploads_js(max_side: int, max_pixels: int) -> str:
+    """The page-load script that makes the browser send photos upright, at most `max_side` pixels on their
+    long side and without metadata (see image_classifier/shrink_uploads.js); photos over `max_pixels` go
+    as they are, for the server to refuse with its own message."""
+    settings = json.dumps({"maxSide": max_side, "maxPixels": max_pixels})
+    return f"() => ({SHRINK_UPLOADS.read_text()})({settings})"
+
+
 def build_demo(
     classifier: Classifier,
     *,
@@ -92,9 +105,11 @@ def build_demo(
     top_k: int = 5,
     queue_size: int = QUEUE_SIZE,
     max_batch_files: int = batch.DEFAULT_MAX_BATCH_FILES,
+    upload_max_side: int | None = UPLOAD_MAX_SIDE,
 ) -> gr.Blocks:
     """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
-    `/explain` (photo -> top-k and the heatmap of the top class)."""
+    `/explain` (photo -> top-k and the heatmap of the top class). The browser shrinks photos to
+    `upload_max_side` pixels before uploading them (None or 0: it sends them as they are)."""
 
     def classify(image: str | None) -> dict[str, float]:
         """The top classes of a photo: the label value of `/predict`."""
@@ -217,6 +232,8 @@ def build_demo(
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
 
         many.upload(classify_many, many, [table, download], concurrency_limit=1, **page_only)
+        if upload_max_side:  # in the browser only: API clients send what they like
+            demo.load(None, js=shrink_uploads_js(upload_max_side, classifier.max_pixels))
 
         # The API, unchanged for clients since the first version: /predict takes a photo, gives the top-k.
         gr.Button(visible=False).click(classify, photo, bars, api_name="predict")
@@ -251,9 +268,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"most photos the Many photos tab takes at once (default {batch.DEFAULT_MAX_BATCH_FILES})",
     )
     parser.add_argument(
+        "--upload-max-side",
+        type=int,
+        default=UPLOAD_MAX_SIDE,
+        help="the browser shrinks photos to this many pixels on their long side, upright and without "
+        f"metadata, before uploading them; 0 sends them as they are (default {UPLOAD_MAX_SIDE})",
+    )
+    parser.add_argument(
         "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.upload_max_side < 0:
+        parser.error("--upload-max-side takes a number of pixels, or 0 to send photos as they are")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     demo = build_demo(
-        classifier, model_name=args.model, queue_size=args.queue_size, max_batch_files=args.max_batch_files
+        classifier,
+        model_name=args.model,
+        queue_size=args.queue_size,
+        max_batch_files=args.max_batch_files,
+        upload_max_side=args.upload_max_side,
     )
     demo.launch(
         server_name=args.host,

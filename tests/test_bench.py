@@ -47,3 +47,16 @@ def test_heatmap_benchmark_runs(tmp_path):
     run("heatmaps.py", tmp_path)
     (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
     assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0
+
+
+def test_upload_benchmark_runs(tmp_path):
+    run("upload.py", tmp_path)
+    results = json.loads((tmp_path / "upload.json").read_text())
+    for pages in results["timings"].values():
+        assert set(pages) == {"as it was", "resized", "no WebCodecs"}
+        (plain,), (resized,), (canvas,) = pages["as it was"], pages["resized"], pages["no WebCodecs"]
+        assert (
+            plain["body_bytes"] > results["photo"]["bytes"] > max(resized["body_bytes"], canvas["body_bytes"])
+        )
+    (row,) = results["fidelity"]
+    assert row["sent_bytes"] < row["original_bytes"]
