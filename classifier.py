@@ -132,14 +132,21 @@ class Classifier:
         rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.decode(image)
         return self.transform(limit_aspect_ratio(rgb))
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W)."""
-        return self.forward_with_features(batch)[0]
+    def forward(self, batch: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+        """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W).
 
-    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        `threads` caps the CPU threads of this pass on the OpenVINO engine (a model compiled for it on first
+        use); the PyTorch engines use their global thread pool. The Live tab runs its frames on one thread.
+        """
+        return self.forward_with_features(batch, threads=threads)[0]
+
+    def forward_with_features(
+        self, batch: torch.Tensor, *, threads: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w)."""
         with torch.inference_mode():
-            outputs = self._run(batch.to(self.device))
+            batch = batch.to(self.device)
+            outputs = self._run(batch) if threads is None else self._run(batch, threads=threads)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
             return logits.float().softmax(dim=-1).cpu(), None if features is None else features.float().cpu()
 
