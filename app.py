@@ -8,6 +8,8 @@ python app.py --share              # plus a temporary public link
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from classifier import (
 )
 from image_classifier import batch
 from image_classifier.heatmaps import overlay as overlay_heatmap
+from image_classifier.live import LiveFigures, PhotosFirst, answer_frame
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
@@ -35,6 +38,17 @@ QUEUE_SIZE = 32
 """Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
+LIVE_TIME_LIMIT = 60
+"""Seconds a live stream runs before it stops by itself (the person can start it again)."""
+MAX_STREAMS = 2
+"""Live streams served at once; more wait their turn. Each keeps a core busy."""
+LIVE_STREAM_EVERY = 0.05
+"""Seconds between the frames the browser sends: up to 20 a second. The server answers the newest frame it
+has and drops the others, so answers never queue up; every frame sent costs the browser a few milliseconds
+whether it is answered or not, so the page sends few more than the server can answer."""
+LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
+"""What the browser asks of the webcam: a small picture (the model sees 224×224 anyway), cheap to encode,
+send and decode. Gradio's default asks for 1920×1440, which takes 60 ms a frame to encode alone."""
 TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
@@ -66,6 +80,24 @@ class ImageFile(gr.Image):
         return super().preprocess(payload)  # nothing uploaded, or a base64 stream
 
 
+class WebcamFrames(gr.Image):
+    """A streaming webcam input that hands the function each frame's JPEG bytes, undecoded.
+
+    The classifier decodes them itself (at the scale it needs); a frame that is missing or not base64
+    comes as None instead of an error that would end the stream.
+    """
+
+    is_template = True  # keeps gr.Image's front end
+
+    def preprocess(self, payload):
+        if payload is None or not (payload.url or "").startswith("data:"):
+            return None
+        try:
+            return base64.b64decode(payload.url.partition(",")[2], validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+
 @dataclass(frozen=True)
 class ShownPhoto:
     """What a session keeps of its current photo, so a click on a bar needs no second forward pass."""
@@ -84,6 +116,56 @@ def heatmap_caption(label: str) -> str:
     return f"Where the model looked for “{label}”"
 
 
+def live_tab(
+    classifier: Classifier,
+    photos_first: PhotosFirst,
+    *,
+    top_k: int = 5,
+    time_limit: float = LIVE_TIME_LIMIT,
+    max_streams: int = MAX_STREAMS,
+) -> None:
+    """The Live tab: the webcam's frames classified as they come, the bars following, with the frames per
+    second answered and the model's milliseconds per frame. Gradio's own streaming: each Record starts a
+    stream of at most `time_limit` seconds; `max_streams` run at once, others wait their turn."""
+    with gr.Tab("Live"):
+        gr.Markdown(
+            f"Allow the webcam, then press Record: the bars follow what the camera sees until you press Stop "
+            f"(or for {time_limit:g} seconds; then press Record again)."
+        )
+        with gr.Row(equal_height=False):
+            camera = WebcamFrames(
+                sources=["webcam"],
+                streaming=True,
+                label="Webcam",
+                webcam_options=gr.WebcamOptions(constraints=LIVE_CAMERA),
+                elem_id="live-camera",
+            )
+            with gr.Column():
+                bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}, live", elem_id="live-bars")
+                readout = gr.Markdown(elem_id="live-readout")
+        figures = gr.State(LiveFigures())  # one per browser tab
+
+    def classify_frame(frame: bytes | None, figures: LiveFigures):
+        answer = answer_frame(classifier, frame, top_k=top_k, photos_first=photos_first)
+        if answer is None:
+            return gr.skip(), gr.skip()
+        figures.record(answer)
+        text = figures.readout()
+        return answer.predictions, gr.skip() if text is None else text
+
+    camera.stream(
+        classify_frame,
+        [camera, figures],
+        [bars, readout],
+        stream_every=LIVE_STREAM_EVERY,
+        time_limit=time_limit,
+        concurrency_limit=max_streams,
+        concurrency_id="live",
+        show_progress="hidden",
+        api_visibility="private",
+    )
+
+
 def build_demo(
     classifier: Classifier,
     *,
@@ -92,22 +174,27 @@ def build_demo(
     top_k: int = 5,
     queue_size: int = QUEUE_SIZE,
     max_batch_files: int = batch.DEFAULT_MAX_BATCH_FILES,
+    live_time_limit: float = LIVE_TIME_LIMIT,
+    max_streams: int = MAX_STREAMS,
 ) -> gr.Blocks:
     """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
     `/explain` (photo -> top-k and the heatmap of the top class)."""
+    photos_first = PhotosFirst()  # live frames wait while a photo is classified
 
     def classify(image: str | None) -> dict[str, float]:
         """The top classes of a photo: the label value of `/predict`."""
         if image is None:
             raise gr.Error(NO_PHOTO)
         try:
-            return classifier.predict(image, top_k=top_k)
+            with photos_first.photo():
+                return classifier.predict(image, top_k=top_k)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
 
     def analyse(image: str) -> tuple[dict[str, float], ShownPhoto | None]:
         try:
-            analysis = classifier.analyse(image, top_k=top_k)
+            with photos_first.photo():
+                analysis = classifier.analyse(image, top_k=top_k)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
         if analysis.heatmaps is None:
@@ -193,6 +280,8 @@ def build_demo(
                 caption = gr.Markdown(elem_id="heatmap-caption")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
 
+        live_tab(classifier, photos_first, top_k=top_k, time_limit=live_time_limit, max_streams=max_streams)
+
         with gr.Tab("Many photos"):
             gr.Markdown(
                 f"Choose up to {max_batch_files} photos at once: each gets a row, and the table comes as a "
@@ -251,6 +340,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"most photos the Many photos tab takes at once (default {batch.DEFAULT_MAX_BATCH_FILES})",
     )
     parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=MAX_STREAMS,
+        help=f"live webcam streams served at once; more wait their turn (default {MAX_STREAMS})",
+    )
+    parser.add_argument(
+        "--live-time-limit",
+        type=float,
+        default=LIVE_TIME_LIMIT,
+        metavar="SECONDS",
+        help=f"longest live webcam stream before it stops by itself (default {LIVE_TIME_LIMIT})",
+    )
+    parser.add_argument(
         "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"
     )
     return parser.parse_args(argv)
@@ -270,7 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     demo = build_demo(
-        classifier, model_name=args.model, queue_size=args.queue_size, max_batch_files=args.max_batch_files
+        classifier,
+        model_name=args.model,
+        queue_size=args.queue_size,
+        max_batch_files=args.max_batch_files,
+        live_time_limit=args.live_time_limit,
+        max_streams=args.max_streams,
     )
     demo.launch(
         server_name=args.host,
