@@ -49,6 +49,23 @@ whether it is answered or not, so the page sends few more than the server can an
 LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
 """What the browser asks of the webcam: a small picture (the model sees 224×224 anyway), cheap to encode,
 send and decode. Gradio's default asks for 1920×1440, which takes 60 ms a frame to encode alone."""
+LIVE_ACCESSIBILITY = """
+const panel = element.closest('[role="tabpanel"]') || document.body;
+const fix = () => {
+  for (const button of panel.querySelectorAll("#live-camera .capture-button")) {
+    const shown = button.textContent.trim();
+    if (shown && button.getAttribute("aria-label") !== shown) button.setAttribute("aria-label", shown);
+  }
+  for (const empty of panel.querySelectorAll("#live-bars .empty[aria-label]")) {
+    empty.removeAttribute("aria-label");
+  }
+};
+new MutationObserver(fix).observe(panel, {subtree: true, childList: true, characterData: true});
+fix();
+"""
+"""Two fixes to Gradio's markup in the Live tab (WCAG 2.1): the streaming webcam's Record/Stop button is
+named "capture photo" whatever it shows (2.5.3, label in name), and the empty bar chart carries an
+aria-label that a plain div may not have."""
 TITLE = "What's in this picture?"
 DESCRIPTION = (
     "Drop in a photo, paste one from the clipboard or take one with your webcam, and {model}, "
@@ -143,6 +160,7 @@ def live_tab(
             with gr.Column():
                 bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}, live", elem_id="live-bars")
                 readout = gr.Markdown(elem_id="live-readout")
+        gr.HTML("", js_on_load=LIVE_ACCESSIBILITY, container=False, padding=False)
         figures = gr.State(LiveFigures())  # one per browser tab
 
     def classify_frame(frame: bytes | None, figures: LiveFigures):
