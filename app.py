@@ -197,22 +197,22 @@ def build_demo(
 ) -> gr.Blocks:
     """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
     `/explain` (photo -> top-k and the heatmap of the top class)."""
-    photos_first = PhotosFirst()  # live frames wait while a photo is classified
+    photos_first = PhotosFirst()  # live streams give way to photos
 
     def classify(image: str | None) -> dict[str, float]:
         """The top classes of a photo: the label value of `/predict`."""
         if image is None:
             raise gr.Error(NO_PHOTO)
         try:
-            with photos_first.photo():
-                return classifier.predict(image, top_k=top_k)
+            with photos_first.photo() as threads:
+                return classifier.predict(image, top_k=top_k, threads=threads)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
 
     def analyse(image: str) -> tuple[dict[str, float], ShownPhoto | None]:
         try:
-            with photos_first.photo():
-                analysis = classifier.analyse(image, top_k=top_k)
+            with photos_first.photo() as threads:
+                analysis = classifier.analyse(image, top_k=top_k, threads=threads)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
         if analysis.heatmaps is None:

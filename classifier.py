@@ -155,24 +155,28 @@ class Classifier:
         values, indices = probabilities.topk(top_k)
         return {self.labels[i]: float(p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)}
 
-    def predict(self, image: ImageInput, top_k: int = 5) -> dict[str, float]:
-        """Label -> probability for the `top_k` most likely classes of `image`, highest first."""
-        return self.predict_batch([image], top_k)[0]
+    def predict(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> dict[str, float]:
+        """Label -> probability for the `top_k` most likely classes of `image`, highest first.
+        `threads` caps the forward pass's CPU threads (see `forward`)."""
+        return self.predict_batch([image], top_k, threads=threads)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], top_k: int = 5) -> list[dict[str, float]]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], top_k: int = 5, *, threads: int | None = None
+    ) -> list[dict[str, float]]:
         """`predict` for several images in one forward pass."""
         self._check_top_k(top_k)
         if not images:
             return []
         tensors = [self.preprocess(image) for image in images]
         batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: no copy
-        return [self.postprocess(p, top_k) for p in self.forward(batch)]
+        return [self.postprocess(p, top_k) for p in self.forward(batch, threads=threads)]
 
-    def analyse(self, image: ImageInput, top_k: int = 5) -> Analysis:
+    def analyse(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> Analysis:
         """`predict` and the heatmaps of every class, from one forward pass."""
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
-        probabilities, features = self.forward_with_features(self.preprocess(rgb).unsqueeze(0))
+        batch = self.preprocess(rgb).unsqueeze(0)
+        probabilities, features = self.forward_with_features(batch, threads=threads)
         heatmaps = None
         if features is not None:
             region = self.seen_region(rgb.size)

@@ -54,23 +54,36 @@ class PhotosFirst:
     handlers run inside `photo()`, and a frame waits, in `frame()`, while a photo is being classified and
     `grace` seconds more (while its answer is encoded and sent). A frame that had to wait for a photo is
     stale by then, so `frame()` yields False and the stream drops it: the next one comes within a moment.
+    While streams run, a photo's forward pass is capped to the cores the live frames leave (`photo()`
+    yields the cap): the pages showing the streams keep capturing frames meanwhile, and a pass spread over
+    every core stalls whenever one of its threads is preempted.
     """
 
     def __init__(self, live_slots: int | None = None, grace: float = 0.15, max_wait: float = 5.0) -> None:
-        self.live_slots = live_slots or max(1, (os.cpu_count() or 2) // 2)
+        cores = os.cpu_count() or 2
+        self.live_slots = live_slots or max(1, cores // 2)
+        self.photo_threads_while_streaming = max(1, cores - self.live_slots)
         self.grace = grace
         self.max_wait = max_wait
         self._photos = 0
         self._frames = 0
         self._last_photo_end = -float("inf")
+        self._last_frame_end = -float("inf")
         self._changed = threading.Condition()
 
+    @property
+    def streaming(self) -> bool:
+        """Whether a live frame ran within the last second (or runs now)."""
+        return self._frames > 0 or time.monotonic() - self._last_frame_end < 1.0
+
     @contextmanager
-    def photo(self) -> Iterator[None]:
+    def photo(self) -> Iterator[int | None]:
+        """A photo's turn: yields the cap on its forward pass's threads (None: no stream runs, no cap)."""
         with self._changed:
             self._photos += 1
+            threads = self.photo_threads_while_streaming if self.streaming else None
         try:
-            yield
+            yield threads
         finally:
             with self._changed:
                 self._photos -= 1
@@ -104,6 +117,7 @@ class PhotosFirst:
         finally:
             with self._changed:
                 self._frames -= 1
+                self._last_frame_end = time.monotonic()
                 self._changed.notify_all()
 
 

@@ -102,6 +102,16 @@ def test_a_frame_gives_way_to_a_photo_and_is_dropped():
     assert not fresh and waited >= 0.3  # the photo's time, and the grace after it
 
 
+def test_photos_keep_every_core_unless_streams_run():
+    photos_first = PhotosFirst(live_slots=1)
+    with photos_first.photo() as threads:
+        assert threads is None  # no stream: the photo's forward pass takes every core
+    with photos_first.frame():
+        pass
+    with photos_first.photo() as threads:
+        assert threads == photos_first.photo_threads_while_streaming >= 1
+
+
 def test_live_frames_take_turns_on_their_slots():
     photos_first = PhotosFirst(live_slots=1)
     inside = threading.Event()
