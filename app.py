@@ -373,7 +373,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_streams < 1 or args.live_time_limit <= 0:
+        parser.error("--max-streams must be at least 1 and --live-time-limit more than 0")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,3 +191,19 @@ def test_the_live_tab_streams_the_webcam_within_its_limits(random_densenet):
     assert (
         stream.concurrency_id != next(f for f in demo.fns.values() if f.name == "show_photo").concurrency_id
     )
+
+
+def test_max_streams_and_the_time_limit_come_from_the_command_line(monkeypatch, random_densenet):
+    seen = {}
+
+    class Demo:
+        def launch(self, **options):
+            seen["launched"] = True
+
+    monkeypatch.setattr(app, "load_classifier", lambda *args, **kwargs: random_densenet)
+    monkeypatch.setattr(app, "build_demo", lambda classifier, **options: seen.update(options) or Demo())
+    assert app.main(["--max-streams", "4", "--live-time-limit", "30"]) == 0
+    assert seen["max_streams"] == 4 and seen["live_time_limit"] == 30 and seen["launched"]
+    assert app.parse_args([]).max_streams == app.MAX_STREAMS
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-streams", "0"])
