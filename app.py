@@ -39,9 +39,10 @@ QUEUE_SIZE = 32
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 LIVE_TIME_LIMIT = 60
-"""Seconds a live stream runs before it stops by itself (the person can start it again)."""
+"""Seconds a live stream holds its place: then Gradio puts it back in the queue (the page rejoins by itself),
+so that people waiting for a free stream get their turn."""
 MAX_STREAMS = 2
-"""Live streams served at once; more wait their turn. Each keeps a core busy."""
+"""Live streams served at once; more wait their turn."""
 LIVE_STREAM_EVERY = 0.05
 """Seconds between the frames the browser sends: up to 20 a second. The server answers the newest frame it
 has and drops the others, so answers never queue up; every frame sent costs the browser a few milliseconds
@@ -142,12 +143,12 @@ def live_tab(
     max_streams: int = MAX_STREAMS,
 ) -> None:
     """The Live tab: the webcam's frames classified as they come, the bars following, with the frames per
-    second answered and the model's milliseconds per frame. Gradio's own streaming: each Record starts a
-    stream of at most `time_limit` seconds; `max_streams` run at once, others wait their turn."""
+    second answered and the model's milliseconds per frame. Gradio's own streaming: `max_streams` streams
+    run at once and others wait; a stream rejoins the queue after `time_limit` seconds, so they take turns."""
     with gr.Tab("Live"):
         gr.Markdown(
-            f"Allow the webcam, then press Record: the bars follow what the camera sees until you press Stop "
-            f"(or for {time_limit:g} seconds; then press Record again)."
+            "Allow the webcam, then press Record: the bars follow what the camera sees until you press Stop. "
+            f"When more people stream than the server takes at once, streams take turns of {time_limit:g} s."
         )
         with gr.Row(equal_height=False):
             camera = WebcamFrames(
@@ -368,7 +369,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=LIVE_TIME_LIMIT,
         metavar="SECONDS",
-        help=f"longest live webcam stream before it stops by itself (default {LIVE_TIME_LIMIT})",
+        help=f"seconds a live stream runs before it lets a waiting one go first (default {LIVE_TIME_LIMIT})",
     )
     parser.add_argument(
         "--queue-size", type=int, default=QUEUE_SIZE, help=f"requests allowed to wait (default {QUEUE_SIZE})"

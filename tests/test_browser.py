@@ -15,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
 from conftest import EXAMPLES, EXPECTED, ROOT
 from hostile import corpus
+from servers import free_port
 
 DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
 BARS = '[data-testid="label"] .confidence-set'
@@ -351,3 +352,34 @@ def test_keyboard_alone_starts_and_stops_the_live_stream(page):
     expect(record_button(page)).to_have_accessible_name("Stop")
     page.keyboard.press("Enter")  # the same button stops it
     expect(record_button(page)).to_have_accessible_name("Record", timeout=10_000)
+
+
+def test_streams_beyond_max_streams_wait_and_take_turns_after_the_time_limit(browser, oracle):
+    import app
+
+    demo = app.build_demo(oracle, live_time_limit=6, max_streams=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    pages = []
+    try:
+        for _ in range(2):
+            context = browser.new_context(viewport={"width": 1200, "height": 900})
+            context.grant_permissions(["camera"], origin=url.rstrip("/"))
+            page = context.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Live").click()
+            allow_webcam(page)
+            pages.append(page)
+        first, second = pages
+        record_button(first).click()
+        expect(first.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)
+        record_button(second).click()
+        waiting = second.locator(LIVE_CAMERA).get_by_role("button", name="Waiting")
+        expect(waiting).to_be_visible()  # one stream at a time: the second waits
+        expect(second.locator(LIVE_BARS)).to_have_count(5, timeout=30_000)  # its turn, after the first's 6 s
+        expect(first.locator(LIVE_CAMERA).get_by_role("button", name="Waiting")).to_be_visible(timeout=10_000)
+    finally:
+        for page in pages:
+            page.context.close()
+        demo.close()
