@@ -534,6 +534,13 @@ def main() -> None:
                 print(
                     f"     {kind:<24} {ms:7.1f}   {share:5.2f}   ({all_cores['cpu_ms_per_answer'][kind]:.1f})"
                 )
+            ours = {k: v for k, v in stream["cpu_ms_per_answer"].items() if k != "rest of the machine"}
+            ceiling = (os.cpu_count() or 1) * 1000 / sum(ours.values())
+            results["cpu_ceiling_per_s"] = ceiling
+            print(
+                f"   so with the {os.cpu_count()} cores to themselves, these processes could answer at most"
+                f" {ceiling:.0f} frames/s (CPU time alone; a shared machine inflates it)"
+            )
 
             print("\n3. Freshness: frames are dropped, never queued")
             age, newer = stream["age_ms"], stream["newer_frames_at_display"]
