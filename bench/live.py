@@ -367,7 +367,13 @@ def measure_stream(page, seconds: float, probe: ServerProbe | None) -> dict:
             dropped.append(frame["number"] - previous - 1)
         previous = frame["number"]
     result["step_ms"] = {name: median(values) for name, values in steps.items()}
-    result["age_ms"] = {"median": median(ages), "max": max(ages) if ages else None}
+    third = max(len(ages) // 3, 1)
+    result["age_ms"] = {
+        "median": median(ages),
+        "max": max(ages) if ages else None,
+        "first_third_median": median(ages[:third]),  # a backlog would make the last third older
+        "last_third_median": median(ages[-third:]),
+    }
     result["newer_frames_at_display"] = {
         "median": median(newer_at_display),
         "max": max(newer_at_display) if newer_at_display else None,
