@@ -560,6 +560,10 @@ def main() -> None:
             print(
                 f"   age from capture to bars shown: median {age['median']:.0f} ms, max {age['max']:.0f} ms"
             )
+            print(
+                f"   median age in the first third of the run {age['first_third_median']:.0f} ms, in the last"
+                f" {age['last_third_median']:.0f} ms (a backlog would make the last third older)"
+            )
             print(f"   newer frames captured by then: median {newer['median']:.0f}, max {newer['max']}")
 
             print("\n4. Another user's photo (Photo tab): choosing the file -> five bars on screen")
