@@ -60,3 +60,11 @@ def test_upload_benchmark_runs(tmp_path):
         )
     (row,) = results["fidelity"]
     assert row["sent_bytes"] < row["original_bytes"]
+
+
+def test_live_benchmark_runs(tmp_path):
+    run("live.py", tmp_path)
+    results = json.loads((tmp_path / "live.json").read_text())
+    assert set(results) >= {"plain", "all_cores", "live", "photo"}
+    assert results["live"]["answered_per_s"] > 0 and results["live"]["rounds"][0]["step_ms"]["forward"] > 0
+    assert results["photo"]["idle_ms"] and results["photo"]["with_two_streams_ms"]
