@@ -123,7 +123,8 @@ def heatmap_caption(label: str, model: str = "the model") -> str:
 
 
 def no_heatmap() -> gr.Image:
-    return gr.Image(value=None, label="Heatmap", alt_text=None)
+    """The empty heatmap picture, before a photo or after Clear."""
+    return gr.Image(value=None, label="Heatmap", alt_text=None, visible=True)
 
 
 def classifier_named(models: ModelSet[Classifier], name: object) -> Classifier:
@@ -170,11 +171,11 @@ def heatmap_picture(
     model: str = "the model",
 ):
     """The heatmap of `label` over the photo and its caption; where the model has none, why, in words."""
-    if shown is None:
-        return no_heatmap(), no_heatmap_reason
+    if shown is None:  # the words say it; no empty picture beside them
+        return gr.Image(value=None, visible=False), no_heatmap_reason
     picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
     caption = heatmap_caption(label, model)
-    return gr.Image(value=picture, label=caption, alt_text=caption), caption
+    return gr.Image(value=picture, label=caption, alt_text=caption, visible=True), caption
 
 
 def model_card(models: ModelSet[Classifier], name: str) -> str:
@@ -406,6 +407,7 @@ def build_demo(
             choose_model,
             [picker, chosen, photo, opacity],
             [card, bars, overlay, caption, shown, chosen],
+            show_progress_on=[bars, overlay],  # the card stays readable while a model loads
             concurrency_limit=MODEL_CONCURRENCY,
             **page_only,
         ).failure(lambda name: name, chosen, picker, **page_only)  # a failed load: the previous model stays
@@ -414,7 +416,11 @@ def build_demo(
 
         compare_inputs = [compared.photo, compared.model_a, compared.model_b]
         compare_outputs = [*compared.outputs, compared.last_models]
-        compare_options = {"concurrency_limit": MODEL_CONCURRENCY, **page_only}
+        compare_options = {
+            "show_progress_on": compared.progress_on,
+            "concurrency_limit": MODEL_CONCURRENCY,
+            **page_only,
+        }
         compared.photo.change(compare_on_page, compare_inputs, compare_outputs, **compare_options).failure(
             lambda last: last, compared.last_models, [compared.model_a, compared.model_b], **page_only
         )
@@ -457,6 +463,8 @@ class CompareTab:
     bars_b: gr.Label
     outputs: list[gr.components.Component]
     """Per model: bars, its time for this photo, the heatmap picture and its caption."""
+    progress_on: list[gr.components.Component]
+    """Where a model's loading shows: the bars and heatmap pictures."""
     last_models: gr.State
     """The two models last shown, put back when a chosen one fails to load."""
 
@@ -500,7 +508,14 @@ def compare_tab(
                 sides.append((choice, bars, [bars, timing, picture, caption]))
     (model_a, bars_a, outputs_a), (model_b, bars_b, outputs_b) = sides
     return CompareTab(
-        photo, model_a, model_b, bars_a, bars_b, outputs_a + outputs_b, gr.State((models.default, second))
+        photo,
+        model_a,
+        model_b,
+        bars_a,
+        bars_b,
+        outputs=outputs_a + outputs_b,
+        progress_on=[outputs_a[0], outputs_a[2], outputs_b[0], outputs_b[2]],
+        last_models=gr.State((models.default, second)),
     )
 
 
