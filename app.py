@@ -29,6 +29,7 @@ from classifier import (
     ModelNotOffered,
     ModelSet,
     add_model_arguments,
+    cached_weights_path,
     classification_models,
     classifier_set,
     model_facts,
@@ -182,7 +183,8 @@ def model_card(models: ModelSet[Classifier], name: str) -> str:
     """Markdown: what `name` costs and knows (torchvision's published figures) and what this machine
     measured once it was loaded."""
     lines = [f"**{name}**"]
-    if name in set(classification_models()):
+    from_torchvision = name in set(classification_models())
+    if from_torchvision:
         facts = model_facts(name)
         crop = f"a {facts.crop} × {facts.crop} crop"
         seen = f"{crop} of the photo resized to {facts.resize} px" if facts.resize else crop
@@ -197,10 +199,10 @@ def model_card(models: ModelSet[Classifier], name: str) -> str:
         lines.append("- Not one of torchvision's models: no published figures.")
     loaded = models.measured(name)
     if loaded is None:
-        download = (
-            f" (the first time, a {model_facts(name).file_mb:.0f} MB download)" if len(lines) > 2 else ""
-        )
-        lines.append(f"- On this machine: not loaded yet; it loads when chosen{download}.")
+        download = ""
+        if from_torchvision and not cached_weights_path(name).exists():
+            download = f" (first, a {model_facts(name).file_mb:.0f} MB download)"
+        lines.append(f"- On this machine: measured once it has loaded{download}.")
     elif loaded.ms_per_photo is not None:
         engine = ENGINE_NAMES.get(loaded.model.engine, loaded.model.engine)
         lines.append(f"- On this machine: **{loaded.ms_per_photo:.0f} ms per photo** ({engine})")
@@ -403,7 +405,10 @@ def build_demo(
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
         # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
+        # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
         picker.change(
+            lambda name: model_card(models, name), picker, card, show_progress="hidden", **page_only
+        ).then(
             choose_model,
             [picker, chosen, photo, opacity],
             [card, bars, overlay, caption, shown, chosen],

@@ -388,11 +388,13 @@ def test_a_model_that_cannot_be_downloaded_says_why_and_the_previous_one_stays(o
     page = offline_page
     choose(page, "Model", OFFLINE_MODEL)
     toast = page.locator(TOAST).first
-    expect(toast).to_contain_text(f"Could not download the pretrained weights for {OFFLINE_MODEL}")
+    expect(toast).to_contain_text(
+        f"Could not download the pretrained weights for {OFFLINE_MODEL}", timeout=60_000
+    )
     expect(toast).to_contain_text("Ways out")
     assert "Traceback" not in toast.inner_text()
-    expect(page.get_by_label("Model", exact=True)).to_have_value(re.compile("^resnet18 "))
-    expect(page.locator(CARD)).to_contain_text("resnet18")
+    expect(page.get_by_label("Model", exact=True)).to_have_value(re.compile("^resnet18 "), timeout=30_000)
+    expect(page.locator(CARD)).to_contain_text("resnet18", timeout=30_000)
     page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
     assert_chart(read_chart(page))
 
@@ -457,7 +459,10 @@ def test_the_first_choice_of_a_model_shows_its_download_progress(browser, downlo
     expect(page.locator(".progress-text").first).to_contain_text(
         re.compile(r"/\d+(\.\d)?M B"), timeout=30_000
     )
-    expect(page.locator(CARD)).to_contain_text("squeezenet1_1", timeout=60_000)
+    # Meanwhile the card already shows torchvision's figures; this machine's come once the model has loaded.
+    card = page.locator(CARD).inner_text()
+    assert f"{classifier.model_facts('squeezenet1_1').top1:.1f} % top-1" in card
+    assert "measured once it has loaded (first, a 5 MB download)" in card
     expect(page.locator(".progress-text")).to_have_count(0, timeout=60_000)
     expect(page.locator(CARD)).to_contain_text("ms per photo")
     assert len(list((torch_home / "hub" / "checkpoints").glob("squeezenet1_1-*.pth"))) == 1

@@ -1,6 +1,8 @@
 """Many models in one server: the catalogue from torchvision, the memory-bounded set of loaded models, and
 the API that names a model (/classify, /compare), refusing any name it doesn't offer."""
 
+import functools
+import re
 import subprocess
 import sys
 import threading
@@ -42,7 +44,11 @@ def test_catalogue_figures_come_from_the_weights_meta(name):
     assert facts.interpolation == preset.interpolation.value
 
 
-def test_the_card_shows_the_catalogue_figures(models):
+def test_the_card_shows_the_catalogue_figures_then_what_this_machine_measured(torch_home):
+    loaders = {
+        name: functools.partial(load_classifier, name, device="cpu") for name in ("resnet18", "vit_b_16")
+    }
+    models = ModelSet(loaders, memory_mb_of=lambda model: model.memory_mb, timed=classifier.time_one_photo)
     card = app.model_card(models, "resnet18")
     meta = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta
     assert "**resnet18**" in card and "ResNet18_Weights.IMAGENET1K_V1" in card
@@ -50,6 +56,13 @@ def test_the_card_shows_the_catalogue_figures(models):
     assert f"{meta['_metrics']['ImageNet-1K']['acc@5']:.1f} % top-5" in card
     assert f"{meta['_ops']:.2f} GFLOPs" in card and f"{meta['_file_size']:.1f} MB of weights" in card
     assert "224 × 224 crop of the photo resized to 256 px (bilinear)" in card
+    assert card.endswith("- On this machine: measured once it has loaded.")  # its weights are in the cache
+    assert app.model_card(models, "vit_b_16").endswith(
+        "measured once it has loaded (first, a 330 MB download)."
+    )
+    models.get("resnet18")
+    card = app.model_card(models, "resnet18")
+    assert re.search(r"- On this machine: \*\*\d+ ms per photo\*\* \(OpenVINO, fp32\)$", card), card
 
 
 def test_offered_models_from_a_list_or_all():
