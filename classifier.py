@@ -49,6 +49,7 @@ from image_classifier.decoding import (
     load_image,
 )
 from image_classifier.engines import (
+    MEMORY_PER_MODEL_MB,
     MEMORY_PER_WEIGHT,
     PRECISIONS,
     prepare_engine,
@@ -226,9 +227,9 @@ class Classifier:
     @property
     def memory_mb(self) -> float:
         """About how much memory this classifier holds, in MB: its weights (counted in fp32) times what
-        its engine keeps of them (`MEMORY_PER_WEIGHT`)."""
+        its engine keeps of them (`MEMORY_PER_WEIGHT`), plus `MEMORY_PER_MODEL_MB`."""
         weights = sum(tensor.numel() * 4 for tensor in self.model.state_dict().values()) / 2**20
-        return weights * MEMORY_PER_WEIGHT.get(self.engine, 1.5)
+        return weights * MEMORY_PER_WEIGHT.get(self.engine, 1.5) + MEMORY_PER_MODEL_MB
 
     def seen_region(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
         """The part of a photo of `size` that the model sees, as fractions (left, top, right, bottom)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from image_classifier.engines import MEMORY_PER_WEIGHT
+from image_classifier.engines import MEMORY_PER_MODEL_MB, MEMORY_PER_WEIGHT
 
 DEFAULT_MODEL = "densenet121"
 DEFAULT_MODELS = (
@@ -155,7 +155,7 @@ def model_facts(model: str) -> ModelFacts:
 
 def expected_memory_mb(model: str, engine: str) -> float:
     """About how much memory `model` will take once loaded on `engine`, before loading it."""
-    return model_facts(model).file_mb * MEMORY_PER_WEIGHT[engine]
+    return model_facts(model).file_mb * MEMORY_PER_WEIGHT[engine] + MEMORY_PER_MODEL_MB
 
 
 def offered_models(spec: str | Sequence[str] = DEFAULT_MODELS) -> list[str]:

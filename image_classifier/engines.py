@@ -17,14 +17,17 @@ import torch
 PRECISIONS = ("fast", "exact")
 """fast: the quickest engine that keeps the answers (`select_engine`); exact: PyTorch fp32."""
 MEMORY_PER_WEIGHT = {
-    "openvino-fp32": 3.5,
+    "openvino-fp32": 3.0,
     "torch-fp32-channels-last": 1.5,
     "torch-fp32": 1.5,
     "torch-fp16-channels-last": 1.0,
 }
-"""Resident memory a loaded model takes per byte of its fp32 weights, on each engine (bench/models.py measures
-it). OpenVINO holds three copies: the PyTorch module, the converted graph (kept to compile other batch
-sizes) and the compiled model; PyTorch one, plus the buffers of its forward pass."""
+"""Resident memory a loaded model takes per byte of its fp32 weights, on each engine. OpenVINO holds three
+copies: the PyTorch module, the converted graph (kept to compile other batch sizes) and the compiled model;
+PyTorch one, plus the buffers of its forward pass."""
+MEMORY_PER_MODEL_MB = 20
+"""And per model, whatever its size: compiled kernels, buffers. With the above, within 20 % of the resident
+memory that bench/models.py measured for each of the eight default models on OpenVINO."""
 
 logger = logging.getLogger(__name__)
 

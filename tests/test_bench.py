@@ -47,3 +47,13 @@ def test_heatmap_benchmark_runs(tmp_path):
     run("heatmaps.py", tmp_path)
     (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
     assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0
+
+
+def test_models_benchmark_runs(tmp_path):
+    run("models.py", tmp_path)
+    results = json.loads((tmp_path / "models.json").read_text())
+    assert set(results["models"]) == {"shufflenet_v2_x0_5", "resnet18"}
+    for row in results["models"].values():
+        assert row["engine"] == "openvino-fp32" and row["ms_per_photo"] > 0 and row["estimate_mb"] > 0
+    assert set(results["eviction"]) == {"budget_mb", "before_mb", "with_big_mb", "after_eviction_mb"}
+    assert results["first_load_cost"]["during_load"]["requests"] >= 1
