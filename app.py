@@ -357,11 +357,7 @@ def build_demo(
         shown = gr.State()
         chosen = gr.State(models.default)  # the session's model, once it has loaded
         with gr.Tab("Photo"):
-            with gr.Row(equal_height=False, visible=several):
-                picker = ModelChoice(
-                    model_choices(models), value=models.default, label="Model", scale=1, min_width=240
-                )
-                card = gr.Markdown(model_card(models, models.default), elem_id="model-card")
+            picker, card = model_picker(models)
             with gr.Row(equal_height=False):
                 with gr.Column():
                     photo = ImageFile(
@@ -401,7 +397,13 @@ def build_demo(
         compared = compare_tab(models, examples, top_k, visible=several)
 
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
-        photo.change(show_photo, [photo, opacity, chosen], [bars, overlay, caption, shown], **page_only)
+        photo.change(
+            show_photo,
+            [photo, opacity, chosen],
+            [bars, overlay, caption, shown],
+            concurrency_limit=MODEL_CONCURRENCY,  # the session's model may need loading again
+            **page_only,
+        )
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
         # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
@@ -452,6 +454,16 @@ def build_demo(
             concurrency_limit=MODEL_CONCURRENCY,
         )
     return demo.queue(max_size=queue_size)
+
+
+def model_picker(models: ModelSet[Classifier]) -> tuple[ModelChoice, gr.Markdown]:
+    """The model picker and, beside it, the chosen model's card; hidden where there is one model only."""
+    with gr.Row(equal_height=False, visible=len(models.names) > 1):
+        picker = ModelChoice(
+            model_choices(models), value=models.default, label="Model", scale=1, min_width=240
+        )
+        card = gr.Markdown(model_card(models, models.default), elem_id="model-card")
+    return picker, card
 
 
 def example_labels(examples: Sequence[str]) -> list[str]:
