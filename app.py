@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         models = classifier_set(
-            args.models.split(","),
+            args.models,
             default=args.model,
             weights=args.weights,
             device=args.device,

@@ -300,7 +300,7 @@ def time_one_photo(classifier: Classifier) -> dict[str, float]:
 
 
 def classifier_set(
-    models: Sequence[str] = DEFAULT_MODELS,
+    models: str | Sequence[str] = DEFAULT_MODELS,
     *,
     default: str = DEFAULT_MODEL,
     weights: str | os.PathLike | None = None,
@@ -311,10 +311,11 @@ def classifier_set(
 ) -> ModelSet[Classifier]:
     """The torchvision models a server offers, as `load_classifier` loads them, each on first use.
 
-    `default` joins `models` when it isn't among them; `weights` (a local file) is the default model's.
+    `models`: names, "a,b,c", or "all". `default` joins them when it isn't among them; `weights` (a local
+    file) is the default model's.
     Loaded models stay while they fit in `memory_mb`, least recently used out first.
     """
-    names = offered_models(list(models))
+    names = offered_models(models)
     if default not in names:
         names = [*offered_models([default]), *names]
     device = resolve_device(device)

@@ -75,6 +75,14 @@ def test_offered_models_from_a_list_or_all():
         catalogue.offered_models(" , ")
 
 
+def test_a_server_offers_the_models_named_all_of_them_or_the_default_set():
+    everything = classifier.classifier_set("all", device="cpu")
+    assert everything.names == catalogue.classification_models() and everything.loaded() == []
+    chosen = classifier.classifier_set("resnet18,vit_b_16", default="swin_t", device="cpu")
+    assert chosen.names == ["swin_t", "resnet18", "vit_b_16"] and chosen.default == "swin_t"
+    assert classifier.classifier_set(device="cpu").names == list(catalogue.DEFAULT_MODELS)
+
+
 def test_the_default_models_all_fit_in_the_default_memory_at_once():
     expected = sum(catalogue.expected_memory_mb(name, "openvino-fp32") for name in catalogue.DEFAULT_MODELS)
     assert expected <= classifier.DEFAULT_MODEL_MEMORY_MB, expected
