@@ -145,7 +145,7 @@ def load_with_progress(models: ModelSet[Classifier], name: object, progress: gr.
     except ModelNotOffered as e:
         raise gr.Error(str(e), title="Unknown model", print_exception=False) from None
     if not models.is_loaded(name):
-        progress(0, desc=f"Loading {name}")
+        progress(None, desc=f"Loading {name}")  # no bar until a download (tqdm) gives one
     return classifier_named(models, name)
 
 
