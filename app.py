@@ -3,6 +3,7 @@ heatmap of where the model looked.
 
 python app.py                      # http://127.0.0.1:7860
 python app.py --share              # plus a temporary public link
+python app.py --models resnet50,vit_b_16 --model resnet50   # the models on offer, and the first one shown
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import binascii
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,21 +24,33 @@ from PIL import Image
 
 from classifier import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL_MEMORY_MB,
+    DEFAULT_MODELS,
     Classifier,
     ImageError,
     ModelLoadError,
+    ModelNotOffered,
+    ModelSet,
     add_model_arguments,
-    load_classifier,
+    cached_weights_path,
+    classification_models,
+    classifier_set,
+    model_facts,
+    time_one_photo,
 )
 from image_classifier import batch
 from image_classifier.heatmaps import overlay as overlay_heatmap
 from image_classifier.live import LiveFigures, PhotosFirst, answer_frame
+from image_classifier.model_set import refusal
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 """Uploads above this are refused by Gradio before they reach the classifier."""
 QUEUE_SIZE = 32
 """Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
+MODEL_CONCURRENCY = 2
+"""How many requests each event that names a model runs at once: one may be loading a model (downloading,
+converting) while the other answers with a model already loaded."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 UPLOAD_MAX_SIDE = 1024
@@ -79,7 +93,19 @@ DESCRIPTION = (
     "guesses with how sure it is of each, and where in the photo it looked. Click a bar to see where it "
     "looked for that class. Uploads are used only to answer, and deleted within two hours."
 )
+MANY_MODELS = (
+    " Choose another of {count} models to see what each costs and how accurate it is, or put two side by "
+    "side in the Compare tab."
+)
 NO_PHOTO = "Add a photo first: upload, paste or take one with the webcam."
+ENGINE_NAMES = {
+    "openvino-fp32": "OpenVINO, fp32",
+    "torch-fp32": "PyTorch, fp32",
+    "torch-fp32-channels-last": "PyTorch, fp32 channels-last",
+    "torch-fp16-channels-last": "PyTorch, fp16 on the GPU",
+}
+CSS = ".toast-message-text { white-space: pre-line; }"
+"""Error messages keep their line breaks (a failed load lists its ways out one per line)."""
 # Gradio's default theme with a blue accent and darker secondary text: every text passes WCAG AA contrast.
 THEME = gr.themes.Default(primary_hue="blue").set(
     body_text_color_subdued="*neutral_600",
@@ -121,6 +147,19 @@ class WebcamFrames(gr.Image):
             return None
 
 
+class ModelChoice(gr.Dropdown):
+    """A model picker whose value the server checks: any name it doesn't offer, from the page or an API
+    client, is refused in words before anything is looked up, downloaded or built."""
+
+    is_template = True  # keeps gr.Dropdown's front end
+
+    def preprocess(self, payload):
+        offered = [value for _, value in self.choices]
+        if isinstance(payload, str) and payload in offered:
+            return payload
+        raise gr.Error(refusal(payload, offered), title="Unknown model", print_exception=False)
+
+
 @dataclass(frozen=True)
 class ShownPhoto:
     """What a session keeps of its current photo, so a click on a bar needs no second forward pass."""
@@ -135,8 +174,111 @@ class ShownPhoto:
     """The class whose map is shown."""
 
 
-def heatmap_caption(label: str) -> str:
-    return f"Where the model looked for “{label}”"
+def heatmap_caption(label: str, model: str = "the model") -> str:
+    return f"Where {model} looked for “{label}”"
+
+
+def no_heatmap() -> gr.Image:
+    """The empty heatmap picture, before a photo or after Clear."""
+    return gr.Image(value=None, label="Heatmap", alt_text=None, visible=True)
+
+
+def classifier_named(models: ModelSet[Classifier], name: object) -> Classifier:
+    """The model a request named, loaded if need be; a refusal or a failed load in plain words."""
+    try:
+        return models.get(name)
+    except ModelNotOffered as e:
+        raise gr.Error(str(e), title="Unknown model", print_exception=False) from None
+    except ModelLoadError as e:
+        raise gr.Error(str(e), title=f"Can't load {name}", print_exception=False) from None
+
+
+def load_with_progress(models: ModelSet[Classifier], name: object, progress: gr.Progress) -> Classifier:
+    """`classifier_named`, telling the page when a model is being loaded (a download's tqdm bar shows too)."""
+    try:
+        name = models.check(name)
+    except ModelNotOffered as e:
+        raise gr.Error(str(e), title="Unknown model", print_exception=False) from None
+    if not models.is_loaded(name):
+        progress(None, desc=f"Loading {name}")  # no bar until a download (tqdm) gives one
+    return classifier_named(models, name)
+
+
+def analyse(
+    classifier: Classifier, image: str, top_k: int, threads: int | None = None
+) -> tuple[dict[str, float], ShownPhoto | None]:
+    """The top classes of a photo and, where the model has heatmaps, what the page keeps to show them."""
+    try:
+        analysis = classifier.analyse(image, top_k=top_k, threads=threads)
+    except ImageError as e:
+        raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+    if analysis.heatmaps is None:
+        return analysis.predictions, None
+    display = analysis.image.copy()
+    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+    maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
+    top = next(iter(analysis.predictions))
+    return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
+
+
+def heatmap_picture(
+    shown: ShownPhoto | None,
+    label: str,
+    opacity: float,
+    no_heatmap_reason: str | None,
+    model: str = "the model",
+):
+    """The heatmap of `label` over the photo and its caption; where the model has none, why, in words."""
+    if shown is None:  # the words say it; no empty picture beside them
+        return gr.Image(value=None, visible=False), no_heatmap_reason
+    picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
+    caption = heatmap_caption(label, model)
+    return gr.Image(value=picture, label=caption, alt_text=caption, visible=True), caption
+
+
+def model_card(models: ModelSet[Classifier], name: str) -> str:
+    """Markdown: what `name` costs and knows (torchvision's published figures) and what this machine
+    measured once it was loaded."""
+    lines = [f"**{name}**"]
+    from_torchvision = name in set(classification_models())
+    if from_torchvision:
+        facts = model_facts(name)
+        crop = f"a {facts.crop} × {facts.crop} crop"
+        seen = f"{crop} of the photo resized to {facts.resize} px" if facts.resize else crop
+        lines += [
+            f"- ImageNet accuracy: **{facts.top1:.1f} %** top-1, {facts.top5:.1f} % top-5",
+            f"- Cost: {facts.gflops:.2f} GFLOPs per photo; {facts.parameters / 1e6:.1f} million parameters, "
+            f"{facts.file_mb:.1f} MB of weights",
+            f"- Sees: {seen} ({facts.interpolation})",
+            f"- Figures: torchvision's, for `{facts.weights}`",
+        ]
+    else:
+        lines.append("- Not one of torchvision's models: no published figures.")
+    loaded = models.measured(name)
+    if loaded is None:
+        download = ""
+        if from_torchvision and not cached_weights_path(name).exists():
+            download = f" (first, a {model_facts(name).file_mb:.0f} MB download)"
+        lines.append(f"- On this machine: measured once it has loaded{download}.")
+    elif loaded.ms_per_photo is not None:
+        engine = ENGINE_NAMES.get(loaded.model.engine, loaded.model.engine)
+        lines.append(f"- On this machine: **{loaded.ms_per_photo:.0f} ms per photo** ({engine})")
+    return "\n".join(lines)
+
+
+def model_choices(models: ModelSet[Classifier]) -> list[tuple[str, str]]:
+    """(shown, value) for each offered model: its name and, for torchvision's, its top-1 accuracy."""
+    known = set(classification_models())
+    return [
+        (f"{name} ({model_facts(name).top1:.1f} % top-1)" if name in known else name, name)
+        for name in models.names
+    ]
+
+
+def as_model_set(classifier: Classifier | ModelSet[Classifier], name: str) -> ModelSet[Classifier]:
+    if isinstance(classifier, ModelSet):
+        return classifier
+    return ModelSet.of({name: classifier}, memory_mb_of=lambda c: c.memory_mb, timed=time_one_photo)
 
 
 def shrink_uploads_js(max_side: int, max_pixels: int) -> str:
@@ -148,7 +290,8 @@ def shrink_uploads_js(max_side: int, max_pixels: int) -> str:
 
 
 def live_tab(
-    classifier: Classifier,
+    models: ModelSet[Classifier],
+    chosen: gr.State,
     photos_first: PhotosFirst,
     *,
     top_k: int = 5,
@@ -156,12 +299,14 @@ def live_tab(
     max_streams: int = MAX_STREAMS,
 ) -> None:
     """The Live tab: the webcam's frames classified as they come, the bars following, with the frames per
-    second answered and the model's milliseconds per frame. Gradio's own streaming: `max_streams` streams
-    run at once and others wait; a stream rejoins the queue after `time_limit` seconds, so they take turns."""
+    second answered and the model's milliseconds per frame, by the model `chosen` on the Photo tab. Gradio's
+    own streaming: `max_streams` streams run at once and others wait; a stream rejoins the queue after
+    `time_limit` seconds, so they take turns."""
     with gr.Tab("Live"):
         gr.Markdown(
             "Allow the webcam, then press Record: the bars follow what the camera sees until you press Stop. "
             f"When more people stream than the server takes at once, streams take turns of {time_limit:g} s."
+            + (" The model is the one chosen on the Photo tab." if len(models.names) > 1 else "")
         )
         with gr.Row(equal_height=False):
             camera = WebcamFrames(
@@ -177,8 +322,8 @@ def live_tab(
         gr.HTML("", js_on_load=LIVE_ACCESSIBILITY, container=False, padding=False)
         figures = gr.State(LiveFigures())  # one per browser tab
 
-    def classify_frame(frame: bytes | None, figures: LiveFigures):
-        answer = answer_frame(classifier, frame, top_k=top_k, photos_first=photos_first)
+    def classify_frame(frame: bytes | None, figures: LiveFigures, name: str):
+        answer = answer_frame(classifier_named(models, name), frame, top_k=top_k, photos_first=photos_first)
         if answer is None:
             return gr.skip(), gr.skip()
         figures.record(answer)
@@ -187,7 +332,7 @@ def live_tab(
 
     camera.stream(
         classify_frame,
-        [camera, figures],
+        [camera, figures, chosen],
         [bars, readout],
         stream_every=LIVE_STREAM_EVERY,
         time_limit=time_limit,
@@ -199,7 +344,7 @@ def live_tab(
 
 
 def build_demo(
-    classifier: Classifier,
+    classifier: Classifier | ModelSet[Classifier],
     *,
     model_name: str = "an ImageNet model",
     examples: Sequence[str] = EXAMPLES,
@@ -210,56 +355,80 @@ def build_demo(
     live_time_limit: float = LIVE_TIME_LIMIT,
     max_streams: int = MAX_STREAMS,
 ) -> gr.Blocks:
-    """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
-    `/explain` (photo -> top-k and the heatmap of the top class). The browser shrinks photos to
-    `upload_max_side` pixels before uploading them (None or 0: it sends them as they are)."""
+    """The page around one classifier (called `model_name`) or a set of models, queued.
+
+    API endpoints: `/predict` (photo -> top-k of the default model, as always), `/explain` (photo -> top-k
+    and the heatmap of the top class), `/classify` (photo, model -> top-k) and `/compare` (photo, model A,
+    model B -> two top-k). The browser shrinks photos to `upload_max_side` pixels before uploading them
+    (None or 0: it sends them as they are).
+    """
+    models = as_model_set(classifier, model_name)
+    models.load_default()
+    several = len(models.names) > 1
+    description = DESCRIPTION.format(model=models.default if several else model_name)
+    if several:
+        description += MANY_MODELS.format(count=len(models.names))
     photos_first = PhotosFirst()  # live streams give way to photos
 
-    def classify(image: str | None) -> dict[str, float]:
-        """The top classes of a photo: the label value of `/predict`."""
+    def classify(image: str | None, name: str) -> dict[str, float]:
+        """The top classes of a photo by the model called `name`: the label value of `/classify`."""
         if image is None:
             raise gr.Error(NO_PHOTO)
+        classifier = classifier_named(models, name)
         try:
             with photos_first.photo() as threads:
                 return classifier.predict(image, top_k=top_k, threads=threads)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
 
-    def analyse(image: str) -> tuple[dict[str, float], ShownPhoto | None]:
-        try:
-            with photos_first.photo() as threads:
-                analysis = classifier.analyse(image, top_k=top_k, threads=threads)
-        except ImageError as e:
-            raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
-        if analysis.heatmaps is None:
-            return analysis.predictions, None
-        display = analysis.image.copy()
-        display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-        maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
-        top = next(iter(analysis.predictions))
-        return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
+    def predict(image: str | None) -> dict[str, float]:
+        """`/predict`: the default model's top classes."""
+        return classify(image, models.default)
 
-    def heatmap_picture(shown: ShownPhoto | None, label: str, opacity: float):
-        if shown is None:  # the model has no heatmaps: say so in words
-            return gr.Image(value=None, label="Heatmap", alt_text=None), classifier.no_heatmaps_reason
-        picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
-        caption = heatmap_caption(label)
-        return gr.Image(value=picture, label=caption, alt_text=caption), caption
+    def compare(image: str | None, name_a: str, name_b: str) -> tuple[dict[str, float], dict[str, float]]:
+        """`/compare`: two models' top classes for one photo."""
+        return classify(image, name_a), classify(image, name_b)
 
-    def show_photo(image: str | None, opacity: float):
+    def analyse_first(classifier: Classifier, image: str) -> tuple[dict[str, float], ShownPhoto | None]:
+        """`analyse`, ahead of any live frames."""
+        with photos_first.photo() as threads:
+            return analyse(classifier, image, top_k, threads)
+
+    def show_analysis(classifier: Classifier, image: str, opacity: float):
+        predictions, shown = analyse_first(classifier, image)
+        top = next(iter(predictions))
+        picture, caption = heatmap_picture(shown, top, opacity, classifier.no_heatmaps_reason)
+        return predictions, picture, caption, shown
+
+    def show_photo(image: str | None, opacity: float, name: str):
         """A photo landed (or was cleared): bars, the top class's heatmap and caption, session state."""
         if image is None:
-            return None, gr.Image(value=None, label="Heatmap", alt_text=None), "", None
-        predictions, shown = analyse(image)
-        picture, caption = heatmap_picture(shown, next(iter(predictions)), opacity)
-        return predictions, picture, caption, shown
+            return None, no_heatmap(), "", None
+        return show_analysis(classifier_named(models, name), image, opacity)
+
+    def choose_model(
+        name: str,
+        current: str,
+        image: str | None,
+        opacity: float,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ):
+        """Another model was picked: load it (download progress on the page), show its card, and classify
+        the photo again. On failure the page puts the previous model back (`.failure` below)."""
+        if name == current:  # put back after a failure, or picked again: nothing to do
+            return (gr.skip(),) * 6
+        classifier = load_with_progress(models, name, progress)
+        card = model_card(models, name)
+        if image is None:
+            return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
+        return card, *show_analysis(classifier, image, opacity), name
 
     def explain(image: str | None):
         """The label value and the top class's heatmap picture (none where the model has no heatmaps):
         `/explain`."""
         if image is None:
             raise gr.Error(NO_PHOTO)
-        predictions, shown = analyse(image)
+        predictions, shown = analyse_first(classifier_named(models, models.default), image)
         if shown is None:
             return predictions, None
         return predictions, overlay_heatmap(shown.image, shown.maps[shown.label], shown.region)
@@ -268,17 +437,17 @@ def build_demo(
         """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
         if shown is None or selected.value not in shown.maps:
             return gr.skip(), gr.skip(), gr.skip()
-        picture, caption = heatmap_picture(shown, selected.value, opacity)
+        picture, caption = heatmap_picture(shown, selected.value, opacity, None)
         return picture, caption, replace(shown, label=selected.value)
 
     def change_opacity(shown: ShownPhoto | None, opacity: float):
-        return gr.skip() if shown is None else heatmap_picture(shown, shown.label, opacity)[0]
+        return gr.skip() if shown is None else heatmap_picture(shown, shown.label, opacity, None)[0]
 
-    def classify_many(files: list[str] | None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+    def classify_many(files: list[str] | None, name: str, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """The Many photos tab: a row per file (bad ones with their error) and the same table as a CSV."""
         try:
             rows, csv_path = batch.classify_uploads(
-                classifier,
+                classifier_named(models, name),
                 files or [],
                 max_files=max_batch_files,
                 top_k=top_k,
@@ -288,38 +457,64 @@ def build_demo(
             raise gr.Error(str(e), print_exception=False) from None
         return rows, gr.DownloadButton(value=csv_path, visible=True)
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# {TITLE}\n\n{DESCRIPTION.format(model=model_name)}")
-        shown = gr.State()
-        with gr.Tab("Photo"), gr.Row(equal_height=False):
-            with gr.Column():
-                photo = ImageFile(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "webcam", "clipboard"],
-                    label="Photo",
-                    alt_text="The photo being classified",
-                )
-                gr.ClearButton(photo)  # in the browser; the photo's change then resets the rest
-                if examples:
-                    gr.Examples(
-                        list(examples),
-                        inputs=photo,
-                        example_labels=[Path(path).stem.replace("_", " ").title() for path in examples],
-                        label="Examples",
-                    )
-            with gr.Column():
-                bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}")
-                overlay = gr.Image(label="Heatmap", type="pil", interactive=False, format="jpeg")
-                caption = gr.Markdown(elem_id="heatmap-caption")
-                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+    def compare_on_page(
+        image: str | None,
+        name_a: str,
+        name_b: str,
+        last: tuple[str, str] | None = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ):
+        """The Compare tab: each model's bars, its time for this photo and its top class's heatmap.
 
-        live_tab(classifier, photos_first, top_k=top_k, time_limit=live_time_limit, max_streams=max_streams)
+        `last` (the models shown) is given when a model was changed: the same two again need no work."""
+        if last is not None and (name_a, name_b) == tuple(last):
+            return (gr.skip(),) * (len(compared.outputs) + 1)
+        classifiers = [load_with_progress(models, name, progress) for name in (name_a, name_b)]
+        outputs: list = []
+        for name, classifier in zip((name_a, name_b), classifiers, strict=True):
+            if image is None:
+                outputs += [None, "", no_heatmap(), ""]
+                continue
+            started = time.perf_counter()
+            predictions, shown = analyse_first(classifier, image)
+            took = (time.perf_counter() - started) * 1000
+            top = next(iter(predictions))
+            picture, caption = heatmap_picture(shown, top, 0.5, classifier.no_heatmaps_reason, name)
+            outputs += [predictions, f"**{name}**: {took:.0f} ms for this photo", picture, caption]
+        return *outputs, (name_a, name_b)
+
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\n\n{description}")
+        shown = gr.State()
+        chosen = gr.State(models.default)  # the session's model, once it has loaded
+        with gr.Tab("Photo"):
+            picker, card = model_picker(models)
+            with gr.Row(equal_height=False):
+                with gr.Column():
+                    photo = ImageFile(
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "webcam", "clipboard"],
+                        label="Photo",
+                        alt_text="The photo being classified",
+                    )
+                    gr.ClearButton(photo)  # in the browser; the photo's change then resets the rest
+                    if examples:
+                        gr.Examples(list(examples), inputs=photo, example_labels=example_labels(examples))
+                with gr.Column():
+                    bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}")
+                    overlay = gr.Image(label="Heatmap", type="pil", interactive=False, format="jpeg")
+                    caption = gr.Markdown(elem_id="heatmap-caption")
+                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+
+        live_tab(
+            models, chosen, photos_first, top_k=top_k, time_limit=live_time_limit, max_streams=max_streams
+        )
 
         with gr.Tab("Many photos"):
             gr.Markdown(
                 f"Choose up to {max_batch_files} photos at once: each gets a row, and the table comes as a "
-                "CSV file too."
+                "CSV file too." + (" The model is the one chosen on the Photo tab." if several else "")
             )
             many = gr.UploadButton(
                 "Choose photos", file_count="multiple", file_types=["image"], variant="primary"
@@ -334,24 +529,155 @@ def build_demo(
             )
             download = gr.DownloadButton("Download CSV", visible=False)
 
+        compared = compare_tab(models, examples, top_k, visible=several)
+
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
-        photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
+        photo.change(
+            show_photo,
+            [photo, opacity, chosen],
+            [bars, overlay, caption, shown],
+            concurrency_limit=MODEL_CONCURRENCY,  # the session's model may need loading again
+            **page_only,
+        )
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
+        # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
+        # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
+        picker.change(
+            lambda name: model_card(models, name), picker, card, show_progress="hidden", **page_only
+        ).then(
+            choose_model,
+            [picker, chosen, photo, opacity],
+            [card, bars, overlay, caption, shown, chosen],
+            show_progress_on=[bars, overlay],  # the card stays readable while a model loads
+            concurrency_limit=MODEL_CONCURRENCY,
+            **page_only,
+        ).failure(lambda name: name, chosen, picker, **page_only)  # a failed load: the previous model stays
 
-        many.upload(classify_many, many, [table, download], concurrency_limit=1, **page_only)
+        many.upload(classify_many, [many, chosen], [table, download], concurrency_limit=1, **page_only)
         if upload_max_side:  # in the browser only: API clients send what they like
-            demo.load(None, js=shrink_uploads_js(upload_max_side, classifier.max_pixels))
+            max_pixels = classifier_named(models, models.default).max_pixels
+            demo.load(None, js=shrink_uploads_js(upload_max_side, max_pixels))
+
+        compare_inputs = [compared.photo, compared.model_a, compared.model_b]
+        compare_outputs = [*compared.outputs, compared.last_models]
+        compare_options = {
+            "show_progress_on": compared.progress_on,
+            "concurrency_limit": MODEL_CONCURRENCY,
+            **page_only,
+        }
+        compared.photo.change(compare_on_page, compare_inputs, compare_outputs, **compare_options).failure(
+            lambda last: last, compared.last_models, [compared.model_a, compared.model_b], **page_only
+        )
+        gr.on(
+            [compared.model_a.change, compared.model_b.change],
+            compare_on_page,
+            [*compare_inputs, compared.last_models],
+            compare_outputs,
+            **compare_options,
+        ).failure(lambda last: last, compared.last_models, [compared.model_a, compared.model_b], **page_only)
 
         # The API, unchanged for clients since the first version: /predict takes a photo, gives the top-k.
-        gr.Button(visible=False).click(classify, photo, bars, api_name="predict")
+        gr.Button(visible=False).click(predict, photo, bars, api_name="predict")
         gr.Button(visible=False).click(explain, photo, [bars, overlay], api_name="explain")
+        # Any offered model by name: /classify (photo, model) and /compare (photo, model A, model B).
+        gr.Button(visible=False).click(
+            classify, [photo, picker], bars, api_name="classify", concurrency_limit=MODEL_CONCURRENCY
+        )
+        gr.Button(visible=False).click(
+            compare,
+            [compared.photo, compared.model_a, compared.model_b],
+            [compared.bars_a, compared.bars_b],
+            api_name="compare",
+            concurrency_limit=MODEL_CONCURRENCY,
+        )
     return demo.queue(max_size=queue_size)
 
 
+def model_picker(models: ModelSet[Classifier]) -> tuple[ModelChoice, gr.Markdown]:
+    """The model picker and, beside it, the chosen model's card; hidden where there is one model only."""
+    with gr.Row(equal_height=False, visible=len(models.names) > 1):
+        picker = ModelChoice(
+            model_choices(models), value=models.default, label="Model", scale=1, min_width=240
+        )
+        card = gr.Markdown(model_card(models, models.default), elem_id="model-card")
+    return picker, card
+
+
+def example_labels(examples: Sequence[str]) -> list[str]:
+    """What a screen reader says for each example thumbnail: its file name in words."""
+    return [Path(path).stem.replace("_", " ").title() for path in examples]
+
+
+@dataclass(frozen=True)
+class CompareTab:
+    photo: ImageFile
+    model_a: ModelChoice
+    model_b: ModelChoice
+    bars_a: gr.Label
+    bars_b: gr.Label
+    outputs: list[gr.components.Component]
+    """Per model: bars, its time for this photo, the heatmap picture and its caption."""
+    progress_on: list[gr.components.Component]
+    """Where a model's loading shows: the bars and heatmap pictures."""
+    last_models: gr.State
+    """The two models last shown, put back when a chosen one fails to load."""
+
+
+def compare_tab(
+    models: ModelSet[Classifier], examples: Sequence[str], top_k: int, *, visible: bool
+) -> CompareTab:
+    """One photo, two models side by side: their bars, time and heatmaps."""
+    second = next((name for name in models.names if name != models.default), models.default)
+    with gr.Tab("Compare", visible=visible):
+        gr.Markdown(
+            "One photo, two models: their five best guesses side by side, with the time each took for this "
+            "photo on this machine and where each looked for its top class."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                photo = ImageFile(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Photo to compare on",
+                    alt_text="The photo both models classify",
+                    height=320,
+                )
+                gr.ClearButton(photo)
+            with gr.Column():
+                choices = [
+                    ModelChoice(model_choices(models), value=name, label=f"Model {side}")
+                    for side, name in (("A", models.default), ("B", second))
+                ]
+                if examples:
+                    gr.Examples(list(examples), inputs=photo, example_labels=example_labels(examples))
+        sides = []
+        with gr.Row(equal_height=False):
+            for side, choice in zip("AB", choices, strict=True):
+                with gr.Column():
+                    bars = gr.Label(num_top_classes=top_k, label=f"Top {top_k}, model {side}")
+                    timing = gr.Markdown(elem_id=f"compare-time-{side.lower()}")
+                    picture = gr.Image(label="Heatmap", type="pil", interactive=False, format="jpeg")
+                    caption = gr.Markdown(elem_id=f"compare-caption-{side.lower()}")
+                sides.append((choice, bars, [bars, timing, picture, caption]))
+    (model_a, bars_a, outputs_a), (model_b, bars_b, outputs_b) = sides
+    return CompareTab(
+        photo,
+        model_a,
+        model_b,
+        bars_a,
+        bars_b,
+        outputs=outputs_a + outputs_b,
+        progress_on=[outputs_a[0], outputs_a[2], outputs_b[0], outputs_b[2]],
+        last_models=gr.State((models.default, second)),
+    )
+
+
 def launch_options(max_file_size: str = MAX_FILE_SIZE) -> dict:
-    """What every launch of the page passes to `launch()`: the accessible theme and the upload limit."""
-    return {"theme": THEME, "max_file_size": max_file_size}
+    """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS and the upload
+    limit."""
+    return {"theme": THEME, "css": CSS, "max_file_size": max_file_size}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -360,6 +686,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
     add_model_arguments(parser)
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        metavar="A,B,...",
+        help="the torchvision models on offer, or 'all' (default: a set that fits a 2-vCPU / 16 GB machine: "
+        f"{', '.join(DEFAULT_MODELS)}); --model is the one shown first",
+    )
+    parser.add_argument(
+        "--model-memory",
+        type=float,
+        default=DEFAULT_MODEL_MEMORY_MB,
+        metavar="MB",
+        help=f"memory the loaded models may take together; least recently used out first "
+        f"(default {DEFAULT_MODEL_MEMORY_MB})",
+    )
     parser.add_argument(
         "--max-file-size", default=MAX_FILE_SIZE, help=f"largest upload, e.g. 5mb (default {MAX_FILE_SIZE})"
     )
@@ -409,19 +750,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        classifier = load_classifier(
-            args.model,
+        models = classifier_set(
+            args.models,
+            default=args.model,
             weights=args.weights,
             device=args.device,
             max_pixels=round(args.max_megapixels * 1e6),
             precision=args.precision,
+            memory_mb=args.model_memory,
         )
+        models.load_default()  # fail now, in words, rather than on the first request
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     demo = build_demo(
-        classifier,
-        model_name=args.model,
+        models,
         queue_size=args.queue_size,
         max_batch_files=args.max_batch_files,
         upload_max_side=args.upload_max_side,

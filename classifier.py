@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import os
 import sys
@@ -27,10 +28,15 @@ from PIL import Image
 from image_classifier import batch
 from image_classifier.catalogue import (
     DEFAULT_MODEL,
+    DEFAULT_MODELS,
+    ModelFacts,
     ModelLoadError,
     cached_weights_path,
     classification_models,
+    expected_memory_mb,
     load_model,
+    model_facts,
+    offered_models,
     pretrained_weights,
 )
 from image_classifier.decoding import (
@@ -42,7 +48,14 @@ from image_classifier.decoding import (
     limit_aspect_ratio,
     load_image,
 )
-from image_classifier.engines import PRECISIONS, prepare_engine, resolve_device, select_engine
+from image_classifier.engines import (
+    MEMORY_PER_MODEL_MB,
+    MEMORY_PER_WEIGHT,
+    PRECISIONS,
+    prepare_engine,
+    resolve_device,
+    select_engine,
+)
 from image_classifier.heatmaps import (
     CamLayers,
     Heatmaps,
@@ -51,12 +64,15 @@ from image_classifier.heatmaps import (
     cam_layers_for,
 )
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
+from image_classifier.model_set import DEFAULT_MODEL_MEMORY_MB, ModelNotOffered, ModelSet
 from image_classifier.preprocessing import FusedEvalTransform, default_transform, seen_region
 
 __all__ = [
     "DEFAULT_LABELS_PATH",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MODEL",
+    "DEFAULT_MODELS",
+    "DEFAULT_MODEL_MEMORY_MB",
     "PRECISIONS",
     "Analysis",
     "CamLayers",
@@ -65,16 +81,23 @@ __all__ = [
     "ImageError",
     "HeatmapsUnavailable",
     "ImageInput",
+    "ModelFacts",
     "ModelLoadError",
+    "ModelNotOffered",
+    "ModelSet",
     "add_model_arguments",
     "cached_weights_path",
     "classification_models",
+    "classifier_set",
     "default_transform",
     "load_classifier",
     "load_image",
     "load_labels",
     "main",
+    "model_facts",
+    "offered_models",
     "pretrained_weights",
+    "time_one_photo",
     "resolve_device",
     "select_engine",
 ]
@@ -212,6 +235,13 @@ class Classifier:
             "one linear layer, which class activation maps need."
         )
 
+    @property
+    def memory_mb(self) -> float:
+        """About how much memory this classifier holds, in MB: its weights (counted in fp32) times what
+        its engine keeps of them (`MEMORY_PER_WEIGHT`), plus `MEMORY_PER_MODEL_MB`."""
+        weights = sum(tensor.numel() * 4 for tensor in self.model.state_dict().values()) / 2**20
+        return weights * MEMORY_PER_WEIGHT.get(self.engine, 1.5) + MEMORY_PER_MODEL_MB
+
     def seen_region(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
         """The part of a photo of `size` that the model sees, as fractions (left, top, right, bottom)."""
         left, top, right, bottom = aspect_crop_box(size)
@@ -260,6 +290,65 @@ def load_classifier(
     transform = pretrained_weights(model).transforms()
     return Classifier(
         net, load_labels(), transform=transform, device=device, max_pixels=max_pixels, precision=precision
+    )
+
+
+@functools.cache
+def timing_photo() -> bytes:
+    """A 640 × 480 JPEG of smooth colours and fine noise, like a phone photo scaled for the web: what
+    `time_one_photo` classifies."""
+    rows, columns = np.mgrid[0:480, 0:640].astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 12, (480, 640, 3))
+    pixels = np.stack([columns / 640 * 255, rows / 480 * 255, (rows + columns) / 1120 * 255], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def time_one_photo(classifier: Classifier) -> dict[str, float]:
+    """Classify `timing_photo()`, decoding included: what `ModelSet` times for each model's ms per photo."""
+    return classifier.predict(timing_photo())
+
+
+def classifier_set(
+    models: str | Sequence[str] = DEFAULT_MODELS,
+    *,
+    default: str = DEFAULT_MODEL,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = "fast",
+    memory_mb: float = DEFAULT_MODEL_MEMORY_MB,
+) -> ModelSet[Classifier]:
+    """The torchvision models a server offers, as `load_classifier` loads them, each on first use.
+
+    `models`: names, "a,b,c", or "all". `default` joins them when it isn't among them; `weights` (a local
+    file) is the default model's.
+    Loaded models stay while they fit in `memory_mb`, least recently used out first.
+    """
+    names = offered_models(models)
+    if default not in names:
+        names = [*offered_models([default]), *names]
+    device = resolve_device(device)
+    engine = select_engine(device, precision)
+    loaders = {
+        name: functools.partial(
+            load_classifier,
+            name,
+            weights if name == default else None,
+            device,
+            max_pixels=max_pixels,
+            precision=precision,
+        )
+        for name in names
+    }
+    return ModelSet(
+        loaders,
+        default=default,
+        memory_mb=memory_mb,
+        expected_mb=lambda name: expected_memory_mb(name, engine),
+        memory_mb_of=lambda classifier: classifier.memory_mb,
+        timed=time_one_photo,
     )
 
 

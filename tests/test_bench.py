@@ -68,3 +68,13 @@ def test_live_benchmark_runs(tmp_path):
     assert set(results) >= {"plain", "all_cores", "live", "photo"}
     assert results["live"]["answered_per_s"] > 0 and results["live"]["rounds"][0]["step_ms"]["forward"] > 0
     assert results["photo"]["idle_ms"] and results["photo"]["with_two_streams_ms"]
+
+
+def test_models_benchmark_runs(tmp_path):
+    run("models.py", tmp_path)
+    results = json.loads((tmp_path / "models.json").read_text())
+    assert set(results["models"]) == {"shufflenet_v2_x0_5", "resnet18"}
+    for row in results["models"].values():
+        assert row["engine"] == "openvino-fp32" and row["ms_per_photo"] > 0 and row["estimate_mb"] > 0
+    assert set(results["eviction"]) == {"budget_mb", "before_mb", "with_big_mb", "after_eviction_mb"}
+    assert results["first_load_cost"]["during_load"]["requests"] >= 1

@@ -5,15 +5,22 @@ If Chromium is missing these tests fail loudly: .ci/run installs it.
 """
 
 import base64
+import email.message
+import functools
+import io
 import os
 import re
 import time
 
 import pytest
+import torch
+import torch.hub
+import torchvision
 from playwright.sync_api import expect, sync_playwright
 
+import classifier
 from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
-from conftest import EXAMPLES, EXPECTED, ROOT
+from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL, ROOT
 from hostile import corpus
 from servers import free_port
 
@@ -233,10 +240,12 @@ def test_every_tab_passes_axe_wcag_21_aa_after_a_photo_is_classified(page):
     expect(page.locator(HEATMAP)).to_be_visible(timeout=30_000)
     tabs = page.get_by_role("tab")
     names = tabs.all_inner_texts()
-    assert names and names[0] == "Photo"
+    assert names and names[0] == "Photo" and "Compare" in names
     for index, name in enumerate(names):
         tabs.nth(index).click()
         page.wait_for_timeout(300)
+        if name == "Compare":  # its own photo, classified by both models
+            compare_a_photo(page, EXAMPLES / "cat.jpg")
         assert accessibility_violations(page) == [], name
 
 
@@ -383,3 +392,196 @@ def test_streams_beyond_max_streams_wait_and_take_turns_after_the_time_limit(bro
         for page in pages:
             page.context.close()
         demo.close()
+
+
+# --- models: the picker, its card, the Compare tab ---------------------------------------------------
+
+CARD = "#model-card"
+
+
+def choose(page, label: str, model: str) -> None:
+    """Pick `model` from the dropdown called `label`, with the mouse."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=model).click()
+
+
+def expect_chart_of(page, expected: dict[str, float], bars=BARS) -> None:
+    """The chart shows `expected` (a Classifier's answer): the same labels in order, each at its rounded %.
+    `bars`: a selector or a locator of the chart's rows."""
+    rows = page.locator(bars) if isinstance(bars, str) else bars
+    expect(rows.locator("dt")).to_have_text(list(expected), timeout=60_000)
+    shown = [float(text.rstrip("%")) for text in rows.locator("dd").all_inner_texts()]
+    assert shown == pytest.approx([100 * p for p in expected.values()], abs=0.51)
+
+
+def test_choose_a_model_see_its_card_and_classify(page, models):
+    choose(page, "Model", "resnet18")
+    card = page.locator(CARD)
+    expect(card).to_contain_text("resnet18", timeout=60_000)
+    expect(card).to_contain_text("ms per photo", timeout=60_000)  # loaded, and timed on this machine
+    facts = classifier.model_facts("resnet18")
+    expect(card).to_contain_text(f"{facts.top1:.1f} % top-1, {facts.top5:.1f} % top-5")
+    expect(card).to_contain_text(f"{facts.gflops:.2f} GFLOPs")
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    expected = models.get("resnet18").predict(EXAMPLES / "cat.jpg")
+    expect_chart_of(page, expected)
+    expect(page.locator(HEATMAP)).to_have_attribute(
+        "alt", f"Where the model looked for “{next(iter(expected))}”"
+    )
+
+    choose(page, "Model", "squeezenet1_0")  # the photo is classified again, by the new model
+    expect_chart_of(page, models.get("squeezenet1_0").predict(EXAMPLES / "cat.jpg"))
+    expect(page.locator(CAPTION)).to_contain_text("No heatmap for SqueezeNet")
+    expect(card).to_contain_text("squeezenet1_0")
+
+
+def compare_a_photo(page, photo) -> None:
+    """In the Compare tab: put `photo` in and wait for both models' bars."""
+    panel = page.get_by_role("tabpanel")
+    panel.locator("input[type=file]").set_input_files(photo)
+    for side in ("a", "b"):
+        expect(page.locator(f"#compare-time-{side}")).to_contain_text("ms for this photo", timeout=60_000)
+    expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+
+
+def test_compare_two_models_side_by_side(page, models):
+    page.get_by_role("tab", name="Compare").click()
+    compare_a_photo(page, EXAMPLES / "coffee.jpg")
+    charts = page.get_by_role("tabpanel").locator('[data-testid="label"]')  # the Compare tab's two
+    a, b = charts.nth(0), charts.nth(1)
+    expect(a.locator("dt").first).to_have_text(re.compile("|".join(EXPECTED["coffee.jpg"])))
+    b_bars = b.locator(".confidence-set")
+    expect_chart_of(page, models.get("mobilenet_v3_small").predict(EXAMPLES / "coffee.jpg"), bars=b_bars)
+    expect(page.locator("#compare-time-a")).to_contain_text(re.compile(r"EfficientNet-Lite0: \d+ ms"))
+    expect(page.locator("#compare-time-b")).to_contain_text(re.compile(r"mobilenet_v3_small: \d+ ms"))
+    top_a = a.locator("dt").first.inner_text()
+    expect(page.locator(f'img[alt="Where EfficientNet-Lite0 looked for “{top_a}”"]')).to_be_visible()
+    expect(page.locator("#compare-caption-b")).to_contain_text("No heatmap for MobileNetV3")
+
+    choose(page, "Model B", "resnet18")
+    expected = models.get("resnet18").predict(EXAMPLES / "coffee.jpg")
+    expect_chart_of(page, expected, bars=b_bars)
+    expect(page.locator("#compare-time-b")).to_contain_text("resnet18: ")
+    expect(page.locator(f'img[alt="Where resnet18 looked for “{next(iter(expected))}”"]')).to_be_visible()
+    if AXE.exists():
+        assert accessibility_violations(page) == []
+
+
+def test_keyboard_alone_chooses_a_model_and_two_to_compare(page):
+    picker = page.get_by_label("Model", exact=True)
+    picker.focus()  # the list opens; typing filters it; Enter takes the first match
+    page.keyboard.press("Control+A")
+    page.keyboard.type("shufflenet")
+    page.keyboard.press("Enter")
+    expect(page.locator(CARD)).to_contain_text("shufflenet_v2_x0_5", timeout=60_000)
+    expect(picker).to_have_value(re.compile("^shufflenet_v2_x0_5"))
+
+    compare = page.get_by_role("tab", name="Compare")
+    compare.focus()
+    page.keyboard.press("Enter")
+    expect(compare).to_have_attribute("aria-selected", "true")
+    page.get_by_role("tabpanel").get_by_role("button", name="Cat").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#compare-time-b")).to_contain_text("mobilenet_v3_small", timeout=60_000)
+    model_b = page.get_by_label("Model B", exact=True)
+    model_b.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("squeeze")
+    page.keyboard.press("Enter")
+    expect(page.locator("#compare-time-b")).to_contain_text("squeezenet1_0: ", timeout=60_000)
+
+
+@pytest.fixture
+def offline_page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.goto(app_server["url"])
+    page.locator(DROP_ZONE).wait_for()
+    yield page
+    context.close()
+
+
+def test_a_model_that_cannot_be_downloaded_says_why_and_the_previous_one_stays(offline_page):
+    """`python app.py` offline: the CLI's message with the ways out; resnet18 stays chosen and answers."""
+    page = offline_page
+    choose(page, "Model", OFFLINE_MODEL)
+    toast = page.locator(TOAST).first
+    expect(toast).to_contain_text(
+        f"Could not download the pretrained weights for {OFFLINE_MODEL}", timeout=60_000
+    )
+    expect(toast).to_contain_text("Ways out")
+    assert "Traceback" not in toast.inner_text()
+    expect(page.get_by_label("Model", exact=True)).to_have_value(re.compile("^resnet18 "), timeout=30_000)
+    expect(page.locator(CARD)).to_contain_text("resnet18", timeout=30_000)
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    assert_chart(read_chart(page))
+
+
+class SlowDownload:
+    """What `urlopen` gives torch.hub for a weights URL: `data`, a chunk at a time, slowly."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.stream = io.BytesIO(data)
+
+    def info(self):
+        headers = email.message.Message()
+        headers["Content-Length"] = str(len(self.data))
+        return headers
+
+    def read(self, size: int) -> bytes:
+        time.sleep(0.05)
+        return self.stream.read(size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception) -> None:
+        pass
+
+
+@pytest.fixture
+def downloading_server(oracle, tmp_path, monkeypatch):
+    """A server offering squeezenet1_1, whose weights are not yet in its (empty) torch cache: torchvision
+    downloads them through its real code, from a stand-in for the network that serves random weights
+    slowly. Their hash can't be torchvision's, so the file name's hash is not checked."""
+    torch.manual_seed(0)
+    weights = io.BytesIO()
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), weights)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", lambda request: SlowDownload(weights.getvalue()))
+    monkeypatch.setattr(torch.hub, "HASH_REGEX", re.compile(r"(?!)"))
+    import app
+
+    loaders = {
+        "EfficientNet-Lite0": lambda: oracle,
+        "squeezenet1_1": functools.partial(classifier.load_classifier, "squeezenet1_1", device="cpu"),
+    }
+    models = classifier.ModelSet(
+        loaders, memory_mb_of=lambda model: model.memory_mb, timed=classifier.time_one_photo
+    )
+    demo = app.build_demo(models)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", tmp_path
+    demo.close()
+
+
+def test_the_first_choice_of_a_model_shows_its_download_progress(browser, downloading_server):
+    url, torch_home = downloading_server
+    page = browser.new_page()
+    page.goto(url)
+    page.locator(DROP_ZONE).wait_for()
+    choose(page, "Model", "squeezenet1_1")
+    # Gradio's progress bar, fed by torch.hub's tqdm: bytes downloaded of the file's size.
+    expect(page.locator(".progress-text").first).to_contain_text(
+        re.compile(r"/\d+(\.\d)?M B"), timeout=30_000
+    )
+    # Meanwhile the card already shows torchvision's figures; this machine's come once the model has loaded.
+    card = page.locator(CARD).inner_text()
+    assert f"{classifier.model_facts('squeezenet1_1').top1:.1f} % top-1" in card
+    assert "measured once it has loaded (first, a 5 MB download)" in card
+    expect(page.locator(".progress-text")).to_have_count(0, timeout=60_000)
+    expect(page.locator(CARD)).to_contain_text("ms per photo")
+    assert len(list((torch_home / "hub" / "checkpoints").glob("squeezenet1_1-*.pth"))) == 1
+    page.close()

@@ -1,6 +1,7 @@
 """Classifier plumbing on random-initialised torchvision models, weights loading, and the CLI."""
 
 import json
+import logging
 import math
 import re
 import subprocess
@@ -262,6 +263,47 @@ def test_openvino_conversion_is_cached_on_disk(monkeypatch, tmp_path, labels):
     monkeypatch.setattr(ov, "convert_model", no_conversion)
     second = Classifier(model, labels, device="cpu")
     assert second.engine == "openvino-fp32" and second.predict(CAT) == first.predict(CAT)
+
+
+def tiny_vit() -> torch.nn.Module:
+    """torchvision's ViT, small: like vit_b_16 it fails the sanity check of torch.jit.trace that OpenVINO's
+    converter runs (its two traces differ in module names only)."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts the head at zero
+    return vit.eval()
+
+
+def test_models_whose_trace_fails_its_check_still_get_openvino(monkeypatch, tmp_path):
+    ov = pytest.importorskip("openvino")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
+    vit, example = tiny_vit(), torch.zeros(1, 3, 32, 32)
+    root = logging.getLogger()
+    level = root.level
+    with pytest.raises(Exception, match="TorchScript"):  # what OpenVINO alone does with it...
+        ov.convert_model(vit, example_input=example)
+    assert root.level == logging.ERROR  # ...leaving the root logger at ERROR: every warning lost
+    root.setLevel(level)
+    run = engines.openvino_runner(vit, example)
+    assert root.level == level
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(run(batch), vit(batch), atol=1e-4)
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 1
+
+
+def test_a_conversion_that_answers_differently_is_dropped_for_pytorch(monkeypatch, tmp_path, labels):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
+    convert = engines.convert_to_openvino
+    other = torchvision.models.resnet18().eval()  # another model's weights: other answers
+    monkeypatch.setattr(engines, "convert_to_openvino", lambda model, example: convert(other, example))
+    torch.manual_seed(1)
+    checked = Classifier(torchvision.models.resnet18(), labels, device="cpu")
+    assert checked.engine == "torch-fp32-channels-last"
+    assert list((tmp_path / "openvino").iterdir()) == []  # nothing wrong left in the cache
 
 
 def test_cuda_fast_path_uses_half_precision_and_channels_last(monkeypatch, labels):
