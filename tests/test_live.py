@@ -167,12 +167,12 @@ def test_webcam_frames_hand_the_function_the_jpeg_bytes():
 
 
 def test_the_stream_function_takes_missing_tiny_resized_and_broken_frames(random_densenet):
-    demo = app.build_demo(random_densenet)
+    demo = app.build_demo(random_densenet, model_name="densenet121")
     (step,) = [block_fn.fn for block_fn in demo.fns.values() if block_fn.name == "classify_frame"]
     figures = LiveFigures()
     frames = [None, encoded(1, 1), encoded(320, 240), None, encoded(640, 480), b"garbage", encoded(240, 320)]
     for frame in frames:
-        bars, readout = step(frame, figures)
+        bars, readout = step(frame, figures, "densenet121")
         if frame is None or frame == b"garbage":
             assert bars == gr.skip() and readout == gr.skip()
         else:
@@ -200,7 +200,7 @@ def test_max_streams_and_the_time_limit_come_from_the_command_line(monkeypatch, 
         def launch(self, **options):
             seen["launched"] = True
 
-    monkeypatch.setattr(app, "load_classifier", lambda *args, **kwargs: random_densenet)
+    monkeypatch.setattr(app, "classifier_set", lambda *args, **kwargs: app.as_model_set(random_densenet, "d"))
     monkeypatch.setattr(app, "build_demo", lambda classifier, **options: seen.update(options) or Demo())
     assert app.main(["--max-streams", "4", "--live-time-limit", "30"]) == 0
     assert seen["max_streams"] == 4 and seen["live_time_limit"] == 30 and seen["launched"]
