@@ -48,6 +48,8 @@ _TORCHVISION_CAM_LAYERS: dict[type[torch.nn.Module], CamLayers] = {
     torchvision.models.ShuffleNetV2: CamLayers("conv5", "fc"),
     torchvision.models.GoogLeNet: CamLayers("inception5b", "fc"),
     torchvision.models.Inception3: CamLayers("Mixed_7c", "fc"),
+    # Swin's head is LayerNorm per position, then pooling + linear: exact from its channels-first permute.
+    torchvision.models.SwinTransformer: CamLayers("permute", "head"),
 }
 
 

@@ -116,6 +116,7 @@ SMALL_MODELS = {
     "mnasnet0_5": {},
     "shufflenet_v2_x0_5": {},
     "googlenet": {"aux_logits": False, "init_weights": False},
+    "swin_t": {},
 }
 
 
