@@ -45,10 +45,14 @@ from image_classifier.decoding import (
 from image_classifier.engines import PRECISIONS, prepare_engine, resolve_device, select_engine
 from image_classifier.heatmaps import (
     CamLayers,
+    GradCam,
+    GradCamLayer,
     Heatmaps,
     HeatmapsUnavailable,
     WithFeatureMap,
     cam_layers_for,
+    class_activation_maps,
+    gradcam_layer_for,
 )
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
 from image_classifier.preprocessing import FusedEvalTransform, default_transform, seen_region
@@ -62,6 +66,7 @@ __all__ = [
     "CamLayers",
     "Classifier",
     "FusedEvalTransform",
+    "GradCamLayer",
     "ImageError",
     "HeatmapsUnavailable",
     "ImageInput",
@@ -88,6 +93,10 @@ class Classifier:
     torchvision preset transform; `"exact"` runs the model and transform as given, in fp32 PyTorch.
     Prediction runs in three small steps: `preprocess` (image -> tensor), `forward` (tensors only)
     and `postprocess` (probabilities -> label dict).
+
+    Heatmaps (`analyse`, `explain`): class activation maps from the engine's own pass where the head is
+    pooling + one linear layer (`cam_layers`, found for torchvision models), else Grad-CAM from a PyTorch
+    pass of its own (`gradcam_layer`, likewise); an explicit argument wins over the found layers.
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class Classifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "fast",
         cam_layers: CamLayers | None = None,
+        gradcam_layer: GradCamLayer | None = None,
     ) -> None:
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique, or the label -> probability dict merges classes")
@@ -113,8 +123,12 @@ class Classifier:
         if precision == "fast" and FusedEvalTransform.fits(self.transform):
             self.transform = FusedEvalTransform(self.transform)
         self.label_index = {label: i for i, label in enumerate(self.labels)}
-        # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass).
-        self.cam_layers = cam_layers or cam_layers_for(self.model)
+        # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass);
+        # where a map needs a gradient, Grad-CAM runs the PyTorch model when a map is asked for.
+        if cam_layers is None and gradcam_layer is None:
+            cam_layers = cam_layers_for(self.model)
+            gradcam_layer = None if cam_layers else gradcam_layer_for(self.model)
+        self.cam_layers, self.gradcam_layer = cam_layers, None if cam_layers else gradcam_layer
         runnable = self.model
         if self.cam_layers is not None:
             linear = self.model.get_submodule(self.cam_layers.classifier)
@@ -122,6 +136,8 @@ class Classifier:
             runnable = WithFeatureMap(self.model, self.cam_layers)
         example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
         self.engine, self._run = prepare_engine(runnable, select_engine(self.device, precision), example)
+        # After the engine: Grad-CAM runs the model as the engine left it (fp16 on CUDA, for one).
+        self._gradcam = GradCam(self.model, self.gradcam_layer) if self.gradcam_layer else None
 
     def decode(self, image: ImageInput) -> Image.Image:
         """The upright RGB photo, decoded at the scale the model needs (see `load_image`)."""
@@ -162,14 +178,25 @@ class Classifier:
         return [self.postprocess(p, top_k) for p in self.forward(batch)]
 
     def analyse(self, image: ImageInput, top_k: int = 5) -> Analysis:
-        """`predict` and the heatmaps of every class, from one forward pass."""
+        """`predict` and the heatmaps of every class, from one forward pass.
+
+        Class activation maps come from that pass. Grad-CAM maps need a PyTorch pass of their own, run
+        when a map is first asked for (`Heatmaps.needs_own_pass`); the probabilities stay the engine's.
+        """
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
-        probabilities, features = self.forward_with_features(self.preprocess(rgb).unsqueeze(0))
+        batch = self.preprocess(rgb).unsqueeze(0)
+        probabilities, features = self.forward_with_features(batch)
+        region = self.seen_region(rgb.size)
         heatmaps = None
         if features is not None:
-            region = self.seen_region(rgb.size)
-            heatmaps = Heatmaps(features[0], self._class_weights, self.label_index, region, full_size)
+            maps_of = functools.partial(class_activation_maps, features[0], self._class_weights)
+            heatmaps = Heatmaps(maps_of, self.label_index, region, full_size)
+        elif self._gradcam is not None:
+            maps_of = functools.partial(self._gradcam.maps, batch)
+            heatmaps = Heatmaps(
+                maps_of, self.label_index, region, full_size, method="Grad-CAM", needs_own_pass=True
+            )
         return Analysis(self.postprocess(probabilities[0], top_k), rgb, heatmaps)
 
     def explain(
@@ -186,19 +213,21 @@ class Classifier:
             unknown = [label for label in labels if label not in self.label_index]
             if unknown:
                 raise ValueError(f"Unknown labels: {', '.join(map(repr, unknown))}.")
-        analysis = self.analyse(image, top_k)
-        if analysis.heatmaps is None:
+        if self.no_heatmaps_reason:
             raise HeatmapsUnavailable(self.no_heatmaps_reason)
-        return {label: analysis.heatmaps.heatmap(label) for label in labels or analysis.predictions}
+        analysis = self.analyse(image, top_k)
+        wanted = list(analysis.predictions if labels is None else labels)
+        analysis.heatmaps.cams(wanted)  # all at once: one Grad-CAM pass for them all
+        return {label: analysis.heatmaps.heatmap(label) for label in wanted}
 
     @property
     def no_heatmaps_reason(self) -> str | None:
         """Why this model gets no heatmaps, in words; None when it does."""
-        if self.cam_layers is not None:
+        if self.cam_layers is not None or self.gradcam_layer is not None:
             return None
         return (
             f"No heatmap for {type(self.model).__name__}: its head is not global average pooling followed by "
-            "one linear layer, which class activation maps need."
+            "one linear layer, which class activation maps need, and no layer is known for Grad-CAM."
         )
 
     def seen_region(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -228,7 +257,8 @@ class Analysis:
     image: Image.Image
     """The upright photo as decoded for the model (large JPEGs at a reduced scale)."""
     heatmaps: Heatmaps | None
-    """Every class's map; None where the model has none (`Classifier.no_heatmaps_reason` says why)."""
+    """Every class's map, made when first asked for; None where the model has none
+    (`Classifier.no_heatmaps_reason` says why)."""
 
 
 def load_classifier(

@@ -1,15 +1,25 @@
-"""Where the model looked: class activation maps (Zhou et al., 2016), from the same forward pass.
+"""Where the model looked: class activation maps from the same forward pass, or Grad-CAM where the head
+needs a gradient.
 
 For a model whose head is global average pooling followed by one linear layer, a class's logit is the
 average over positions of that class's weights dotted with the last feature map. Dotting at each position
-instead gives the class activation map: exact, and almost free, because the engine returns the feature map
-beside the logits (`WithFeatureMap`) and the rest is a (classes × channels) by (channels × positions)
-product on a 7×7 grid.
+instead gives the class activation map (Zhou et al., 2016): exact, and almost free, because the engine
+returns the feature map beside the logits (`WithFeatureMap`) and the rest is a (classes × channels) by
+(channels × positions) product on a 7×7 grid.
+
+Other heads (ConvNeXt, ViT, MaxViT, VGG, AlexNet, SqueezeNet, MobileNetV3) get Grad-CAM (Selvaraju et al.,
+2017) from torchcam: the last feature map weighted by the class score's mean gradient. It needs a PyTorch
+pass with autograd of its own (`GradCam`), run only when a map is asked for; the probabilities still come
+from the engine. On a pooling + linear head Grad-CAM equals the class activation map, which the tests use.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -17,6 +27,7 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torchcam.methods import GradCAM
 
 DIMMED = 0.35
 """Brightness kept outside the region the model saw, so a person sees what was cropped away."""
@@ -61,6 +72,45 @@ def cam_layers_for(model: torch.nn.Module) -> CamLayers | None:
     return None
 
 
+def vit_patch_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """A torchvision ViT's tokens (N, 1 + h·w, C) as a feature map (N, C, h, w), the class token left out."""
+    batch, count, channels = tokens.shape
+    side = math.isqrt(count - 1)
+    return tokens[:, 1:].reshape(batch, side, side, channels).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class GradCamLayer:
+    """Where Grad-CAM reads a model: the module `name` whose output (and its gradient) make the map, and
+    `reshape`, which turns that output into (N, C, h, w) where it is not (a ViT's tokens)."""
+
+    name: str
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+_TORCHVISION_FEATURES = (
+    torchvision.models.ConvNeXt,
+    torchvision.models.VGG,
+    torchvision.models.AlexNet,
+    torchvision.models.SqueezeNet,
+    torchvision.models.MobileNetV3,
+)
+
+
+def gradcam_layer_for(model: torch.nn.Module) -> GradCamLayer | None:
+    """The Grad-CAM layer of a torchvision model whose head needs a gradient, or None if unknown."""
+    if isinstance(model, _TORCHVISION_FEATURES):
+        return GradCamLayer("features")  # the last feature map, before the pooling and the head
+    if isinstance(model, torchvision.models.MaxVit):
+        return GradCamLayer(f"blocks.{len(model.blocks) - 1}")
+    if isinstance(model, torchvision.models.VisionTransformer):
+        # The class token alone feeds the head, so the patch tokens' gradient is zero at the encoder's
+        # output: read them where the last block's attention takes them in.
+        last = list(dict(model.encoder.layers.named_children()))[-1]
+        return GradCamLayer(f"encoder.layers.{last}.ln_1", vit_patch_grid)
+    return None
+
+
 class WithFeatureMap(torch.nn.Module):
     """`model`, returning (logits, final feature map) from one forward pass.
 
@@ -86,17 +136,53 @@ class WithFeatureMap(torch.nn.Module):
 
 
 def class_activation_maps(features: torch.Tensor, weights: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """Maps (len(classes), h, w) in [0, 1] from one image's feature map (C, h, w) and the linear weights.
-
-    Negative evidence is cut at zero and each map scaled to its own maximum (a class with no positive
-    evidence anywhere gets an all-zero map).
-    """
+    """Maps (len(classes), h, w) in [0, 1] from one image's feature map (C, h, w) and the linear weights."""
     channels, height, width = features.shape
     with torch.no_grad():
         maps = weights[classes].float() @ features.float().reshape(channels, height * width)
-        maps = maps.clamp(min=0).reshape(len(classes), height, width)
-        peak = maps.amax(dim=(1, 2), keepdim=True)
-        return torch.where(peak > 0, maps / peak.clamp(min=1e-12), 0).numpy()
+        return scaled_to_peak(maps.reshape(len(classes), height, width))
+
+
+def scaled_to_peak(maps: torch.Tensor) -> np.ndarray:
+    """Maps (n, h, w) with negative evidence cut at zero and each scaled to its own maximum (a class with no
+    positive evidence anywhere gets an all-zero map), as float32."""
+    maps = maps.detach().float().cpu().clamp(min=0)
+    peak = maps.amax(dim=(1, 2), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp(min=1e-12), 0).numpy()
+
+
+class GradCam:
+    """Grad-CAM maps (torchcam's `GradCAM`) from a PyTorch pass with autograd, run only when asked.
+
+    torchcam hooks the layer for the duration of a call; the hooks go on a copy of the model that shares
+    its weights, so the engine's own PyTorch forward passes, running in other threads, never trigger them.
+    One call at a time (a lock): on a CPU two passes would only share the same cores.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: GradCamLayer) -> None:
+        shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+        self.model = copy.deepcopy(model, memo=shared)  # new modules, the same weight tensors
+        self.layer = layer
+        self.model.get_submodule(layer.name)  # fail early on a wrong name
+        self._lock = threading.Lock()
+
+    def maps(self, batch: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        """Maps (len(classes), h, w) in [0, 1] for one preprocessed image `batch` (1, C, H, W): one forward
+        pass, then one backward pass per class from its logit down to the layer only."""
+        weight = next(self.model.parameters())
+        with (
+            self._lock,
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            GradCAM(self.model, self.layer.name, reshape_transform=self.layer.reshape) as extractor,
+        ):
+            inputs = batch.to(weight.device, weight.dtype).clone().requires_grad_(True)
+            scores = self.model(inputs)
+            maps = [
+                extractor(index, scores, normalized=False, retain_graph=n < len(classes) - 1)[0][0]
+                for n, index in enumerate(classes)
+            ]
+        return scaled_to_peak(torch.stack(maps))
 
 
 def upsample(cam: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
@@ -152,39 +238,52 @@ def overlay(
 
 
 class HeatmapsUnavailable(ValueError):
-    """The model has no head that a class activation map can be read from; the message says so in words."""
+    """No heatmap method knows where to read the model; the message says so in words."""
 
 
 class Heatmaps:
-    """One photo's class activation maps, for any class, computed on demand from its feature map.
+    """One photo's maps, for any class, computed on demand and kept.
 
-    `region` is the part of the photo the model saw, as fractions (left, top, right, bottom); `size` is
-    the photo's size as decoded (width, height). Maps are zero outside the region.
+    `maps_of(classes)` gives the maps (len(classes), h, w) in [0, 1] of class indices: the class activation
+    maps of the photo's feature map, or Grad-CAM's pass on the photo's input tensor. `method` names it and
+    `needs_own_pass` says whether a map costs a pass of its own (Grad-CAM) rather than a matrix product.
+    `region` is the part of the photo the model saw, as fractions (left, top, right, bottom); `size` is the
+    photo's size as decoded (width, height). Maps are zero outside the region.
     """
 
     def __init__(
         self,
-        features: torch.Tensor,
-        weights: torch.Tensor,
+        maps_of: Callable[[list[int]], np.ndarray],
         label_index: dict[str, int],
         region: tuple[float, float, float, float],
         size: tuple[int, int],
+        *,
+        method: str = "class activation map",
+        needs_own_pass: bool = False,
     ) -> None:
-        self.features, self.weights, self.label_index = features, weights, label_index
+        self.maps_of, self.label_index = maps_of, label_index
         self.region, self.size = region, size
+        self.method, self.needs_own_pass = method, needs_own_pass
         self._maps: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # a page's clicks and its own map request may overlap
+
+    def cams(self, labels: Sequence[str]) -> dict[str, np.ndarray]:
+        """The maps of `labels` on the model's own grid (e.g. 7×7), in [0, 1]: the missing ones in one go."""
+        unknown = [label for label in labels if label not in self.label_index]
+        if unknown:
+            raise ValueError(
+                f"Unknown label {unknown[0]!r}: use one of the model's {len(self.label_index)} labels."
+            )
+        with self._lock:
+            missing = list(dict.fromkeys(label for label in labels if label not in self._maps))
+            if missing:
+                maps = self.maps_of([self.label_index[label] for label in missing])
+                self._maps.update(zip(missing, maps, strict=True))
+            return {label: self._maps[label] for label in labels}
 
     def cam(self, label: str) -> np.ndarray:
-        """The map of `label` on the model's own grid (e.g. 7×7), in [0, 1]."""
-        if label not in self._maps:
-            if label not in self.label_index:
-                raise ValueError(
-                    f"Unknown label {label!r}: use one of the model's {len(self.label_index)} labels."
-                )
-            self._maps[label] = class_activation_maps(self.features, self.weights, [self.label_index[label]])[
-                0
-            ]
-        return self._maps[label]
+        """The map of `label` on the model's own grid, in [0, 1]."""
+        return self.cams([label])[label]
 
     def heatmap(self, label: str, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map of `label` as a float32 (height, width) array at `size` (default: the photo's)."""

@@ -47,6 +47,14 @@ def oracle() -> classifier.Classifier:
 
 
 @pytest.fixture(scope="session")
+def gradcam_oracle() -> classifier.Classifier:
+    """The oracle with the Grad-CAM fallback (a PyTorch pass with autograd) instead of its exact maps."""
+    from oracle import load_oracle
+
+    return load_oracle(heatmaps="gradcam")
+
+
+@pytest.fixture(scope="session")
 def random_densenet(labels) -> classifier.Classifier:
     """DenseNet-121 with random weights: the product's default architecture and preprocessing."""
     torch.manual_seed(0)
