@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -26,6 +26,7 @@ from classifier import (
     load_classifier,
 )
 from image_classifier import batch
+from image_classifier.heatmaps import Heatmaps
 from image_classifier.heatmaps import overlay as overlay_heatmap
 
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
@@ -66,22 +67,36 @@ class ImageFile(gr.Image):
         return super().preprocess(payload)  # nothing uploaded, or a base64 stream
 
 
-@dataclass(frozen=True)
+@dataclass
 class ShownPhoto:
     """What a session keeps of its current photo, so a click on a bar needs no second forward pass."""
 
     image: Image.Image
     """The upright photo, at most DISPLAY_SIDE pixels on its longest side."""
-    maps: dict[str, np.ndarray]
-    """The top classes' maps on the model's grid."""
     region: tuple[float, float, float, float]
     """The part of the photo the model saw (fractions)."""
     label: str
     """The class whose map is shown."""
+    labels: list[str]
+    """The top classes, whose maps the bars can switch to."""
+    source: Heatmaps | None
+    """Where the maps come from, until `make_maps` has made them."""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """The top classes' maps on the model's grid."""
+
+    def make_maps(self) -> None:
+        """The top classes' maps, all at once (for Grad-CAM: one pass of its own for them all)."""
+        if self.source is not None:
+            self.maps.update(self.source.cams(self.labels))
+            self.source = None  # the feature map or input tensor is not kept with the session
 
 
 def heatmap_caption(label: str) -> str:
     return f"Where the model looked for “{label}”"
+
+
+def pending_caption(label: str) -> str:
+    return f"Working out where the model looked for “{label}”…"
 
 
 def build_demo(
@@ -114,13 +129,17 @@ def build_demo(
             return analysis.predictions, None
         display = analysis.image.copy()
         display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-        maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
-        top = next(iter(analysis.predictions))
-        return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
+        labels = list(analysis.predictions)
+        shown = ShownPhoto(display, analysis.heatmaps.region, labels[0], labels, analysis.heatmaps)
+        if not analysis.heatmaps.needs_own_pass:
+            shown.make_maps()  # class activation maps: a matrix product, shown with the bars
+        return analysis.predictions, shown
 
     def heatmap_picture(shown: ShownPhoto | None, label: str, opacity: float):
         if shown is None:  # the model has no heatmaps: say so in words
             return gr.Image(value=None, label="Heatmap", alt_text=None), classifier.no_heatmaps_reason
+        if label not in shown.maps:  # a Grad-CAM map, made after the bars are shown
+            return gr.Image(value=None, label="Heatmap", alt_text=None), pending_caption(label)
         picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
         caption = heatmap_caption(label)
         return gr.Image(value=picture, label=caption, alt_text=caption), caption
@@ -133,6 +152,13 @@ def build_demo(
         picture, caption = heatmap_picture(shown, next(iter(predictions)), opacity)
         return predictions, picture, caption, shown
 
+    def finish_heatmap(shown: ShownPhoto | None, opacity: float):
+        """After the bars: the maps that need a pass of their own (Grad-CAM), and the top class's picture."""
+        if shown is None or shown.source is None:
+            return gr.skip(), gr.skip()
+        shown.make_maps()
+        return heatmap_picture(shown, shown.label, opacity)
+
     def explain(image: str | None):
         """The label value and the top class's heatmap picture (none where the model has no heatmaps):
         `/explain`."""
@@ -141,7 +167,8 @@ def build_demo(
         predictions, shown = analyse(image)
         if shown is None:
             return predictions, None
-        return predictions, overlay_heatmap(shown.image, shown.maps[shown.label], shown.region)
+        top_map = shown.maps[shown.label] if shown.maps else shown.source.cam(shown.label)  # Grad-CAM: one
+        return predictions, overlay_heatmap(shown.image, top_map, shown.region)
 
     def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
         """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
@@ -212,7 +239,9 @@ def build_demo(
             download = gr.DownloadButton("Download CSV", visible=False)
 
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
-        photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
+        landed = photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
+        mapped = landed.success(finish_heatmap, [shown, opacity], [overlay, caption], **page_only)
+        photo.change(None, cancels=[mapped], **page_only)  # a new photo: the last one's map is not wanted
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
 

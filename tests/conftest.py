@@ -103,6 +103,24 @@ def server(oracle):
 
 
 @pytest.fixture(scope="session")
+def fallback_server(gradcam_oracle):
+    """The app around the oracle with the Grad-CAM fallback: the bars first, the map after its own pass."""
+    import app
+
+    demo = app.build_demo(gradcam_oracle, model_name="EfficientNet-Lite0")
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
 def client(server):
     from gradio_client import Client
 
