@@ -67,7 +67,10 @@ def openvino_runner(model: torch.nn.Module, example: torch.Tensor) -> Callable[[
     path = cache_dir() / "openvino" / f"{key.hexdigest()[:32]}.xml"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # conversion traces the model; its tracer warnings are noise here
+        # Conversion traces the model; its tracer warnings are noise here. Without autograd, as the engine
+        # runs it: with autograd on, torchvision's attention takes another path on the tracer's check run,
+        # which fails ("Graphs differed across invocations"), and every ViT fell back to PyTorch.
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             converted = ov.convert_model(
                 model, example_input=example, input=[ov.PartialShape([-1, *example.shape[1:]])]
