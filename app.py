@@ -85,10 +85,10 @@ class ShownPhoto:
     """The top classes' maps on the model's grid."""
 
     def make_maps(self) -> None:
-        """The top classes' maps, all at once (for Grad-CAM: one pass of its own for them all)."""
+        """The top classes' maps, all at once (for Grad-CAM: one forward pass of the tail for them all)."""
         if self.source is not None:
             self.maps.update(self.source.cams(self.labels))
-            self.source = None  # the feature map or input tensor is not kept with the session
+            self.source = None  # the feature map is not kept with the session
 
 
 def heatmap_caption(label: str) -> str:
@@ -131,7 +131,7 @@ def build_demo(
         display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
         labels = list(analysis.predictions)
         shown = ShownPhoto(display, analysis.heatmaps.region, labels[0], labels, analysis.heatmaps)
-        if not analysis.heatmaps.needs_own_pass:
+        if not analysis.heatmaps.needs_gradient:
             shown.make_maps()  # class activation maps: a matrix product, shown with the bars
         return analysis.predictions, shown
 
@@ -153,7 +153,7 @@ def build_demo(
         return predictions, picture, caption, shown
 
     def finish_heatmap(shown: ShownPhoto | None, opacity: float):
-        """After the bars: the maps that need a pass of their own (Grad-CAM), and the top class's picture."""
+        """After the bars: the maps that need a gradient (Grad-CAM), and the top class's picture."""
         if shown is None or shown.source is None:
             return gr.skip(), gr.skip()
         shown.make_maps()

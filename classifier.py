@@ -94,9 +94,10 @@ class Classifier:
     Prediction runs in three small steps: `preprocess` (image -> tensor), `forward` (tensors only)
     and `postprocess` (probabilities -> label dict).
 
-    Heatmaps (`analyse`, `explain`): class activation maps from the engine's own pass where the head is
-    pooling + one linear layer (`cam_layers`, found for torchvision models), else Grad-CAM from a PyTorch
-    pass of its own (`gradcam_layer`, likewise); an explicit argument wins over the found layers.
+    Heatmaps (`analyse`, `explain`): the engine returns the last feature map beside the logits; the maps
+    are class activation maps where the head is pooling + one linear layer (`cam_layers`, found for
+    torchvision models), else Grad-CAM through the rest of the model in PyTorch (`gradcam_layer`,
+    likewise). An explicit argument wins over the found layers.
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class Classifier:
             self.transform = FusedEvalTransform(self.transform)
         self.label_index = {label: i for i, label in enumerate(self.labels)}
         # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass);
-        # where a map needs a gradient, Grad-CAM runs the PyTorch model when a map is asked for.
+        # where a map needs a gradient, Grad-CAM runs the model's tail from it when a map is asked for.
         if cam_layers is None and gradcam_layer is None:
             cam_layers = cam_layers_for(self.model)
             gradcam_layer = None if cam_layers else gradcam_layer_for(self.model)
@@ -133,10 +134,12 @@ class Classifier:
         if self.cam_layers is not None:
             linear = self.model.get_submodule(self.cam_layers.classifier)
             self._class_weights = linear.weight.detach().float().cpu().clone()
-            runnable = WithFeatureMap(self.model, self.cam_layers)
+            runnable = WithFeatureMap(self.model, self.cam_layers.features, self.cam_layers.activation)
+        elif self.gradcam_layer is not None:
+            runnable = WithFeatureMap(self.model, self.gradcam_layer.features)
         example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
         self.engine, self._run = prepare_engine(runnable, select_engine(self.device, precision), example)
-        # After the engine: Grad-CAM runs the model as the engine left it (fp16 on CUDA, for one).
+        # After the engine: Grad-CAM runs the tail as the engine left the model (fp16 on CUDA, for one).
         self._gradcam = GradCam(self.model, self.gradcam_layer) if self.gradcam_layer else None
 
     def decode(self, image: ImageInput) -> Image.Image:
@@ -153,7 +156,8 @@ class Classifier:
         return self.forward_with_features(batch)[0]
 
     def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w)."""
+        """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w;
+        a ViT's tokens)."""
         with torch.inference_mode():
             outputs = self._run(batch.to(self.device))
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
@@ -180,23 +184,23 @@ class Classifier:
     def analyse(self, image: ImageInput, top_k: int = 5) -> Analysis:
         """`predict` and the heatmaps of every class, from one forward pass.
 
-        Class activation maps come from that pass. Grad-CAM maps need a PyTorch pass of their own, run
-        when a map is first asked for (`Heatmaps.needs_own_pass`); the probabilities stay the engine's.
+        Class activation maps are a matrix product on that pass's feature map. Grad-CAM maps run the
+        model's tail from it, with autograd, when a map is first asked for (`Heatmaps.needs_gradient`).
         """
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
-        batch = self.preprocess(rgb).unsqueeze(0)
-        probabilities, features = self.forward_with_features(batch)
-        region = self.seen_region(rgb.size)
+        probabilities, features = self.forward_with_features(self.preprocess(rgb).unsqueeze(0))
         heatmaps = None
         if features is not None:
-            maps_of = functools.partial(class_activation_maps, features[0], self._class_weights)
-            heatmaps = Heatmaps(maps_of, self.label_index, region, full_size)
-        elif self._gradcam is not None:
-            maps_of = functools.partial(self._gradcam.maps, batch)
-            heatmaps = Heatmaps(
-                maps_of, self.label_index, region, full_size, method="Grad-CAM", needs_own_pass=True
-            )
+            region = self.seen_region(rgb.size)
+            if self._gradcam is None:
+                maps_of = functools.partial(class_activation_maps, features[0], self._class_weights)
+                heatmaps = Heatmaps(maps_of, self.label_index, region, full_size)
+            else:
+                maps_of = functools.partial(self._gradcam.maps, features[0])
+                heatmaps = Heatmaps(
+                    maps_of, self.label_index, region, full_size, method="Grad-CAM", needs_gradient=True
+                )
         return Analysis(self.postprocess(probabilities[0], top_k), rgb, heatmaps)
 
     def explain(
@@ -217,7 +221,7 @@ class Classifier:
             raise HeatmapsUnavailable(self.no_heatmaps_reason)
         analysis = self.analyse(image, top_k)
         wanted = list(analysis.predictions if labels is None else labels)
-        analysis.heatmaps.cams(wanted)  # all at once: one Grad-CAM pass for them all
+        analysis.heatmaps.cams(wanted)  # all at once: Grad-CAM runs the tail forward once for them all
         return {label: analysis.heatmaps.heatmap(label) for label in wanted}
 
     @property

@@ -3,12 +3,14 @@
     python bench/heatmap_libraries.py           # a few minutes on 2 cores
     python bench/heatmap_libraries.py --quick   # tiny smoke run
 
-torchcam (what this project uses, through `image_classifier.heatmaps.GradCam`) against pytorch-grad-cam
-(`pip install grad-cam`) and captum (`pip install captum`), each where installed: they are not this
-project's dependencies, so install them into a scratch environment (or `pip install --target DIR` and put
-DIR on PYTHONPATH) to compare. Each library's own idiom for five classes of one photo: torchcam reuses one
-forward pass for five backward passes; pytorch-grad-cam and captum run a batch of five copies. "forward" is
-the model's plain PyTorch forward pass, for scale. Random weights (the same compute as pretrained ones).
+torchcam (what this project uses) against pytorch-grad-cam (`pip install grad-cam`) and captum (`pip install
+captum`), each where installed: they are not this project's dependencies, so install them into a scratch
+environment (or `pip install --target DIR` and put DIR on PYTHONPATH) to compare. All three do the same job
+here, Grad-CAM of the whole PyTorch model at the same layer, each in its own idiom for five classes of one
+photo: torchcam reuses one forward pass for five backward passes; pytorch-grad-cam and captum run a batch
+of five copies. "forward" is the model's plain PyTorch forward pass, for scale. (The app does less: the
+engine's own pass gives the feature map and only the model's tail runs in PyTorch; bench/heatmaps.py
+times that.) Random weights (the same compute as pretrained ones).
 Also prints how closely each library's top-class map matches torchcam's (correlation), as a check that
 they compute the same Grad-CAM. Writes OUT/heatmap_libraries.json.
 """
@@ -30,7 +32,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from image_classifier.heatmaps import GradCam, GradCamLayer, gradcam_layer_for  # noqa: E402
+from image_classifier.heatmaps import gradcam_layer_for, vit_patch_grid  # noqa: E402
 from image_classifier.preprocessing import default_transform  # noqa: E402
 from latency import side_by_side  # noqa: E402
 
@@ -43,12 +45,24 @@ def swin_channels_first(output: torch.Tensor) -> torch.Tensor:
 
 
 def target_layer(model: torch.nn.Module) -> tuple[str, object]:
-    """The layer each library reads: this project's Grad-CAM layer; Swin (which the project reads with exact
-    class activation maps) at its last norm, channels first."""
+    """The layer each library reads, in the whole model: where this project reads Grad-CAM; Swin (which the
+    project reads with exact class activation maps) at its last norm, channels first."""
     if isinstance(model, torchvision.models.SwinTransformer):
         return "norm", swin_channels_first
-    layer = gradcam_layer_for(model)
-    return layer.name, layer.reshape
+    if isinstance(model, torchvision.models.VisionTransformer):
+        last = list(dict(model.encoder.layers.named_children()))[-1]
+        return f"encoder.layers.{last}.ln_1", vit_patch_grid
+    return gradcam_layer_for(model).features, None
+
+
+def torchcam_maps(model: torch.nn.Module, name: str, reshape, batch: torch.Tensor, classes: list[int]):
+    """torchcam's GradCAM for `classes` of one image: one forward pass, one backward pass per class."""
+    from torchcam.methods import GradCAM
+
+    with torch.enable_grad(), GradCAM(model, name, reshape_transform=reshape) as extractor:
+        scores = model(batch.clone().requires_grad_(True))
+        maps = [extractor(c, scores, retain_graph=n < len(classes) - 1)[0][0] for n, c in enumerate(classes)]
+    return torch.stack(maps).numpy()
 
 
 def contenders(model: torch.nn.Module, batch: torch.Tensor, classes: list[int]) -> dict[str, object]:
@@ -61,9 +75,8 @@ def contenders(model: torch.nn.Module, batch: torch.Tensor, classes: list[int]) 
         with torch.inference_mode():
             model(batch)
 
-    gradcam = GradCam(model, GradCamLayer(name, reshape))
-    grid = gradcam.maps(batch, classes[:1])[0].shape  # (h, w)
-    found = {"forward": forward, "torchcam": lambda: gradcam.maps(batch, classes)[0]}
+    grid = torchcam_maps(model, name, reshape, batch, classes[:1])[0].shape  # (h, w)
+    found = {"forward": forward, "torchcam": lambda: torchcam_maps(model, name, reshape, batch, classes)[0]}
     if importlib.util.find_spec("pytorch_grad_cam"):
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -8,9 +8,11 @@ returns the feature map beside the logits (`WithFeatureMap`) and the rest is a (
 (channels × positions) product on a 7×7 grid.
 
 Other heads (ConvNeXt, ViT, MaxViT, VGG, AlexNet, SqueezeNet, MobileNetV3) get Grad-CAM (Selvaraju et al.,
-2017) from torchcam: the last feature map weighted by the class score's mean gradient. It needs a PyTorch
-pass with autograd of its own (`GradCam`), run only when a map is asked for; the probabilities still come
-from the engine. On a pooling + linear head Grad-CAM equals the class activation map, which the tests use.
+2017) from torchcam: the last feature map weighted by the class score's mean gradient. The engine returns
+that feature map beside the logits in the same way, and only the rest of the model after it (its "tail":
+pooling and the head; for ViT the last block too) runs again in PyTorch, with autograd, when a map is
+asked for (`GradCam`). The backbone, nearly all the compute, runs once, on the fast engine, for the bars
+and the maps alike. On a pooling + linear head Grad-CAM equals the class activation map (the tests use it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import copy
 import itertools
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -81,50 +84,96 @@ def vit_patch_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GradCamLayer:
-    """Where Grad-CAM reads a model: the module `name` whose output (and its gradient) make the map, and
-    `reshape`, which turns that output into (N, C, h, w) where it is not (a ViT's tokens)."""
+    """Where Grad-CAM reads a model.
 
-    name: str
+    `features` names the module whose output the engine returns beside the logits (as for `CamLayers`);
+    `tail(model)` is the rest of the model, from that output to the logits, built from the model's own
+    modules, with the input as its first module, "features" (an identity). `target` names the module of the
+    tail whose output and gradient make the map, and `reshape` turns that output into (N, C, h, w) where it
+    is not (a ViT's tokens).
+    """
+
+    features: str
+    tail: Callable[[torch.nn.Module], torch.nn.Module]
+    target: str = "features"
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-_TORCHVISION_FEATURES = (
-    torchvision.models.ConvNeXt,
-    torchvision.models.VGG,
-    torchvision.models.AlexNet,
-    torchvision.models.SqueezeNet,
-    torchvision.models.MobileNetV3,
-)
+def gradcam_tail(**modules: torch.nn.Module) -> torch.nn.Sequential:
+    """A tail for `GradCamLayer`: its input as "features" (an identity), then `modules` in order."""
+    return torch.nn.Sequential(OrderedDict(features=torch.nn.Identity(), **modules))
+
+
+def _pooled_tail(model: torch.nn.Module) -> torch.nn.Module:  # VGG, AlexNet, MobileNetV3
+    return gradcam_tail(avgpool=model.avgpool, flatten=torch.nn.Flatten(1), classifier=model.classifier)
+
+
+def _convnext_tail(model: torch.nn.Module) -> torch.nn.Module:  # its classifier flattens after a LayerNorm
+    return gradcam_tail(avgpool=model.avgpool, classifier=model.classifier)
+
+
+def _squeezenet_tail(model: torch.nn.Module) -> torch.nn.Module:  # a 1×1 convolution, ReLU and pooling
+    return gradcam_tail(classifier=model.classifier, flatten=torch.nn.Flatten(1))
+
+
+def _maxvit_tail(model: torch.nn.Module) -> torch.nn.Module:  # pooling, LayerNorm, linear, tanh, linear
+    return gradcam_tail(classifier=model.classifier)
+
+
+class _ClassToken(torch.nn.Module):
+    """A ViT's class token, the one its head reads: tokens (N, T, C) -> (N, C)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]
+
+
+def _vit_layer(model: torch.nn.Module) -> GradCamLayer:
+    """The class token alone feeds the head, so the patch tokens' gradient is zero at the encoder's output:
+    Grad-CAM reads them where the last block's attention takes them in, and the tail starts at that block."""
+    *_, before_last, last = dict(model.encoder.layers.named_children())
+
+    def tail(vit: torch.nn.Module) -> torch.nn.Module:
+        block = vit.encoder.layers.get_submodule(last)
+        return gradcam_tail(last=block, ln=vit.encoder.ln, token=_ClassToken(), heads=vit.heads)
+
+    return GradCamLayer(f"encoder.layers.{before_last}", tail, "last.ln_1", vit_patch_grid)
 
 
 def gradcam_layer_for(model: torch.nn.Module) -> GradCamLayer | None:
-    """The Grad-CAM layer of a torchvision model whose head needs a gradient, or None if unknown."""
-    if isinstance(model, _TORCHVISION_FEATURES):
-        return GradCamLayer("features")  # the last feature map, before the pooling and the head
-    if isinstance(model, torchvision.models.MaxVit):
-        return GradCamLayer(f"blocks.{len(model.blocks) - 1}")
-    if isinstance(model, torchvision.models.VisionTransformer):
-        # The class token alone feeds the head, so the patch tokens' gradient is zero at the encoder's
-        # output: read them where the last block's attention takes them in.
-        last = list(dict(model.encoder.layers.named_children()))[-1]
-        return GradCamLayer(f"encoder.layers.{last}.ln_1", vit_patch_grid)
+    """The Grad-CAM layer of a torchvision model whose head needs a gradient, or None if unknown. Each tail
+    repeats its model's forward after the feature map (the tests check they give the model's logits)."""
+    models = torchvision.models
+    if isinstance(model, (models.VGG, models.AlexNet, models.MobileNetV3)):
+        return GradCamLayer("features", _pooled_tail)
+    if isinstance(model, models.ConvNeXt):
+        return GradCamLayer("features", _convnext_tail)
+    if isinstance(model, models.SqueezeNet):
+        return GradCamLayer("features", _squeezenet_tail)
+    if isinstance(model, models.MaxVit):  # its blocks are a ModuleList: the last one's output
+        return GradCamLayer(f"blocks.{len(model.blocks) - 1}", _maxvit_tail)
+    if isinstance(model, models.VisionTransformer):
+        return _vit_layer(model)
     return None
 
 
 class WithFeatureMap(torch.nn.Module):
-    """`model`, returning (logits, final feature map) from one forward pass.
+    """`model`, returning (logits, the output of its module `features`) from one forward pass, with
+    `activation` applied to that output where given.
 
     A forward hook catches the feature map while the model runs its own forward, so the logits are the
-    model's own; the capture is per thread, so concurrent calls never see each other's maps. Traceable:
-    OpenVINO converts it into one graph with two outputs.
+    model's own; the capture is per thread, so concurrent calls never see each other's maps. Where the
+    module runs more than once, its last output is kept. Traceable: OpenVINO converts it into one graph
+    with two outputs.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: CamLayers) -> None:
+    def __init__(
+        self, model: torch.nn.Module, features: str, activation: torch.nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.model = model
-        self.activation = layers.activation
+        self.activation = activation
         self._captured = threading.local()
-        model.get_submodule(layers.features).register_forward_hook(self._capture)
+        model.get_submodule(features).register_forward_hook(self._capture)
 
     def _capture(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
         self._captured.features = output
@@ -152,37 +201,44 @@ def scaled_to_peak(maps: torch.Tensor) -> np.ndarray:
 
 
 class GradCam:
-    """Grad-CAM maps (torchcam's `GradCAM`) from a PyTorch pass with autograd, run only when asked.
+    """Grad-CAM maps (torchcam's `GradCAM`) of one image, from the feature map the engine returned.
 
-    torchcam hooks the layer for the duration of a call; the hooks go on a copy of the model that shares
-    its weights, so the engine's own PyTorch forward passes, running in other threads, never trigger them.
-    One call at a time (a lock): on a CPU two passes would only share the same cores.
+    Only the model's tail runs, in PyTorch with autograd, when a map is asked for. torchcam hooks the
+    target for the duration of a call; the hooks go on a copy of the tail that shares the model's weights,
+    so the engine's own PyTorch forward passes, running in other threads, never trigger them. One call at
+    a time (a lock).
     """
 
+    CHUNK = 16
+    """Classes whose maps are made in one batch: the memory of 16 tails' activations at most."""
+
     def __init__(self, model: torch.nn.Module, layer: GradCamLayer) -> None:
-        shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
-        self.model = copy.deepcopy(model, memo=shared)  # new modules, the same weight tensors
+        tail = layer.tail(model)
+        shared = {id(tensor): tensor for tensor in itertools.chain(tail.parameters(), tail.buffers())}
+        self.tail = copy.deepcopy(tail, memo=shared).eval()  # new modules, the same weight tensors
         self.layer = layer
-        self.model.get_submodule(layer.name)  # fail early on a wrong name
+        self.tail.get_submodule(layer.target)  # fail early on a wrong name
         self._lock = threading.Lock()
 
-    def maps(self, batch: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-        """Maps (len(classes), h, w) in [0, 1] for one preprocessed image `batch` (1, C, H, W): one forward
-        pass, then one backward pass per class from its logit down to the layer only."""
-        weight = next(self.model.parameters())
+    def maps(self, features: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        """Maps (len(classes), h, w) in [0, 1] from one image's feature map (as the engine returned it,
+        without the batch dimension). The feature map goes through the tail as a batch, one copy per class
+        (up to CHUNK at a time), and each copy backpropagates its own class: one forward and one backward
+        pass, which read the tail's weights once each (VGG's head holds 120 M of them)."""
+        weight = next(self.tail.parameters())
+        maps = []
         with (
             self._lock,
             torch.inference_mode(False),
             torch.enable_grad(),
-            GradCAM(self.model, self.layer.name, reshape_transform=self.layer.reshape) as extractor,
+            GradCAM(self.tail, self.layer.target, reshape_transform=self.layer.reshape) as extractor,
         ):
-            inputs = batch.to(weight.device, weight.dtype).clone().requires_grad_(True)
-            scores = self.model(inputs)
-            maps = [
-                extractor(index, scores, normalized=False, retain_graph=n < len(classes) - 1)[0][0]
-                for n, index in enumerate(classes)
-            ]
-        return scaled_to_peak(torch.stack(maps))
+            for start in range(0, len(classes), self.CHUNK):
+                chunk = list(classes[start : start + self.CHUNK])
+                copies = features.to(weight.device, weight.dtype).expand(len(chunk), *features.shape)
+                scores = self.tail(copies.clone().requires_grad_(True))
+                maps.append(extractor(chunk, scores, normalized=False)[0])
+        return scaled_to_peak(torch.cat(maps))
 
 
 def upsample(cam: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
@@ -244,9 +300,9 @@ class HeatmapsUnavailable(ValueError):
 class Heatmaps:
     """One photo's maps, for any class, computed on demand and kept.
 
-    `maps_of(classes)` gives the maps (len(classes), h, w) in [0, 1] of class indices: the class activation
-    maps of the photo's feature map, or Grad-CAM's pass on the photo's input tensor. `method` names it and
-    `needs_own_pass` says whether a map costs a pass of its own (Grad-CAM) rather than a matrix product.
+    `maps_of(classes)` gives the maps (len(classes), h, w) in [0, 1] of class indices, from the photo's
+    feature map: class activation maps, or Grad-CAM. `method` names it and `needs_gradient` says whether a
+    map costs a backward pass through the model's tail (Grad-CAM) rather than a matrix product.
     `region` is the part of the photo the model saw, as fractions (left, top, right, bottom); `size` is the
     photo's size as decoded (width, height). Maps are zero outside the region.
     """
@@ -259,11 +315,11 @@ class Heatmaps:
         size: tuple[int, int],
         *,
         method: str = "class activation map",
-        needs_own_pass: bool = False,
+        needs_gradient: bool = False,
     ) -> None:
         self.maps_of, self.label_index = maps_of, label_index
         self.region, self.size = region, size
-        self.method, self.needs_own_pass = method, needs_own_pass
+        self.method, self.needs_gradient = method, needs_gradient
         self._maps: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()  # a page's clicks and its own map request may overlap
 

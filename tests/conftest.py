@@ -104,7 +104,7 @@ def server(oracle):
 
 @pytest.fixture(scope="session")
 def fallback_server(gradcam_oracle):
-    """The app around the oracle with the Grad-CAM fallback: the bars first, the map after its own pass."""
+    """The app around the oracle with the Grad-CAM fallback: the bars first, then the map."""
     import app
 
     demo = app.build_demo(gradcam_oracle, model_name="EfficientNet-Lite0")

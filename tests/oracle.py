@@ -6,9 +6,11 @@ fidelity checks use this model, wrapped in our own Classifier, to get real answe
 
 from __future__ import annotations
 
+from torch.nn import Flatten
 from torchvision.transforms._presets import ImageClassification
 
 from classifier import CamLayers, Classifier, GradCamLayer, load_labels
+from image_classifier.heatmaps import gradcam_tail
 
 
 def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "cam") -> Classifier:
@@ -23,8 +25,10 @@ def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "c
     # torchvision's own evaluation preset (resize 256, crop 224), with this model's normalisation.
     transform = ImageClassification(crop_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
     if heatmaps == "gradcam":
-        # The same feature map, read by Grad-CAM: `_swish` (ReLU6) activates the stem, then, last, `_bn1`.
-        methods = {"gradcam_layer": GradCamLayer("_swish")}
+        # The same feature map, read by Grad-CAM: `_swish` (ReLU6) activates the stem, then, last, `_bn1`;
+        # the tail is the model's forward after it.
+        tail = gradcam_tail(pool=model._avg_pooling, flatten=Flatten(1), dropout=model._dropout, fc=model._fc)
+        methods = {"gradcam_layer": GradCamLayer("_swish", lambda _: tail)}
     else:
         # Its head is global average pooling + one linear layer: the maps come from the activated `_bn1`.
         methods = {"cam_layers": CamLayers(features="_bn1", classifier="_fc", activation=model._swish)}

@@ -226,7 +226,9 @@ def held_gradcam(gradcam_oracle, monkeypatch):
     release = threading.Event()
     maps = gradcam_oracle._gradcam.maps
     monkeypatch.setattr(
-        gradcam_oracle._gradcam, "maps", lambda batch, classes: release.wait(60) and maps(batch, classes)
+        gradcam_oracle._gradcam,
+        "maps",
+        lambda features, classes: release.wait(60) and maps(features, classes),
     )
     yield release
     release.set()

@@ -135,7 +135,7 @@ def test_cam_layers_reproduce_the_models_own_logits(name):
     assert layers is not None
     with torch.inference_mode():
         batch = torch.randn(2, 3, 224, 224)
-        logits, features = WithFeatureMap(model, layers)(batch)
+        logits, features = WithFeatureMap(model, layers.features, layers.activation)(batch)
         assert torch.equal(logits, model(batch))
         linear = model.get_submodule(layers.classifier)
         pooled = features.mean(dim=(2, 3)) @ linear.weight.T + linear.bias
@@ -167,17 +167,20 @@ def built_without_weights(name: str) -> torch.nn.Module:
         return torchvision.models.get_model(f"{name[:9]}400mf")
 
 
-@pytest.mark.filterwarnings(
-    "ignore:The default weight initialization:FutureWarning"
-)  # GoogLeNet's, Inception's
+GOOGLENET_INIT_WARNING = "ignore:The default weight initialization:FutureWarning"  # and Inception's
+
+
+@pytest.mark.filterwarnings(GOOGLENET_INIT_WARNING)
 def test_every_torchvision_classification_model_gets_a_heatmap_method():
     methods = {}
     for name in classification_models():
         model = built_without_weights(name)
         cam, gradcam = cam_layers_for(model), gradcam_layer_for(model)
         assert (cam is None) != (gradcam is None), name  # exactly one method
-        layer = model.get_submodule(cam.features if cam else gradcam.name)
+        layer = model.get_submodule(cam.features if cam else gradcam.features)
         assert not isinstance(layer, torch.nn.ModuleList), name  # a module that runs, so its hook fires
+        if gradcam:
+            gradcam.tail(model).get_submodule(gradcam.target)
         methods.setdefault("CAM" if cam else "Grad-CAM", set()).add(type(model).__name__)
     assert methods["Grad-CAM"] == {
         "AlexNet",
@@ -216,18 +219,49 @@ def test_gradcam_fallback_gives_the_exact_maps_for_the_fast_engines_labels(oracl
 
 
 def test_gradcam_runs_once_when_a_map_is_first_asked_for(gradcam_oracle, monkeypatch):
-    calls = []
+    calls, runs = [], []
     maps = gradcam_oracle._gradcam.maps
     monkeypatch.setattr(
-        gradcam_oracle._gradcam, "maps", lambda batch, classes: calls.append(classes) or maps(batch, classes)
+        gradcam_oracle._gradcam,
+        "maps",
+        lambda features, classes: calls.append(classes) or maps(features, classes),
     )
+    run = gradcam_oracle._run
+    monkeypatch.setattr(gradcam_oracle, "_run", lambda batch: runs.append(batch.shape) or run(batch))
     analysis = gradcam_oracle.analyse(EXAMPLES / "cat.jpg")
-    assert calls == [] and analysis.heatmaps.needs_own_pass and analysis.heatmaps.method == "Grad-CAM"
+    assert calls == [] and analysis.heatmaps.needs_gradient and analysis.heatmaps.method == "Grad-CAM"
     top = list(analysis.predictions)
     assert list(analysis.heatmaps.cams(top)) == top and len(calls) == 1 and len(calls[0]) == 5
     analysis.heatmaps.cam(top[2])  # kept
-    analysis.heatmaps.cam("goldfish")  # any class, in a pass of its own
+    analysis.heatmaps.cam("goldfish")  # any class: the tail once more
     assert [len(classes) for classes in calls] == [5, 1]
+    assert len(runs) == 1  # the engine ran once: the maps come from its feature map
+
+
+TAIL_MODELS = [
+    "convnext_tiny",
+    "vgg11",
+    "alexnet",
+    "squeezenet1_1",
+    "mobilenet_v3_small",
+    "maxvit_t",
+    "vit_b_32",
+]
+
+
+@pytest.mark.parametrize("name", TAIL_MODELS)
+def test_gradcam_tails_finish_the_models_own_forward_pass(name):
+    """The tail, run on the feature map the engine returns beside the logits, gives the model's logits back:
+    so the layer named is the right one and the tail repeats the model's forward after it."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    layer = gradcam_layer_for(model)
+    with torch.inference_mode():
+        batch = torch.randn(2, 3, 224, 224)
+        logits, features = WithFeatureMap(model, layer.features)(batch)
+        assert torch.equal(logits, model(batch))
+        scale = logits.abs().max().item()  # a random MobileNetV3's logits are about 1e-9
+        torch.testing.assert_close(layer.tail(model).eval()(features), logits, rtol=1e-4, atol=1e-4 * scale)
 
 
 FALLBACK_MODELS = [
@@ -265,18 +299,28 @@ def test_gradcam_fallback_plumbing_on_random_models(name, precision, labels, pho
 
 
 def test_gradcam_hooks_never_see_the_engines_own_forward_passes(labels):
-    """Grad-CAM hooks a copy of the model that shares its weights: a PyTorch engine's forward pass on the
-    model itself, in the middle of Grad-CAM's pass, leaves the maps as they were."""
+    """A ViT's map is read inside its last block, which its tail runs again: Grad-CAM hooks a copy of the
+    tail that shares the weights, so a PyTorch engine's forward pass on the model itself, in the middle of
+    a Grad-CAM pass, leaves the maps as they were."""
     torch.manual_seed(0)
-    classifier = Classifier(torchvision.models.mobilenet_v3_small(), labels, device="cpu", precision="exact")
-    assert classifier.engine == "torch-fp32"  # predict runs classifier.model
+    vit = torchvision.models.VisionTransformer(224, 32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)
+    classifier = Classifier(vit, labels, device="cpu", precision="exact")
+    assert classifier.engine == "torch-fp32"  # predict runs the model itself
     alone = classifier.explain(EXAMPLES / "cat.jpg")
     meanwhile = []
-    gradcam_model = classifier._gradcam.model
-    assert all(a is b for a, b in zip(gradcam_model.parameters(), classifier.model.parameters(), strict=True))
-    handle = gradcam_model.classifier.register_forward_hook(  # runs after the feature map is captured
-        lambda *_: meanwhile.append(classifier.predict(EXAMPLES / "coffee.jpg"))
+    tail = classifier._gradcam.tail
+    assert tail.last is not vit.encoder.layers[-1]
+    assert all(
+        a is b for a, b in zip(tail.last.parameters(), vit.encoder.layers[-1].parameters(), strict=True)
     )
+
+    def predict_meanwhile(*_) -> None:  # runs after Grad-CAM caught the last block's tokens
+        if not meanwhile:  # once (the engine's own pass runs the shared heads too)
+            meanwhile.append("running")
+            meanwhile[0] = classifier.predict(EXAMPLES / "coffee.jpg")
+
+    handle = tail.heads.register_forward_hook(predict_meanwhile)
     try:
         interleaved = classifier.explain(EXAMPLES / "cat.jpg")
     finally:
