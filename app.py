@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -39,6 +39,7 @@ from classifier import (
     time_one_photo,
 )
 from image_classifier import batch
+from image_classifier.heatmaps import Heatmaps
 from image_classifier.heatmaps import overlay as overlay_heatmap
 from image_classifier.live import LiveFigures, PhotosFirst, answer_frame
 from image_classifier.model_set import refusal
@@ -160,22 +161,36 @@ class ModelChoice(gr.Dropdown):
         raise gr.Error(refusal(payload, offered), title="Unknown model", print_exception=False)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ShownPhoto:
     """What a session keeps of its current photo, so a click on a bar needs no second forward pass."""
 
     image: Image.Image
     """The upright photo, at most DISPLAY_SIDE pixels on its longest side."""
-    maps: dict[str, np.ndarray]
-    """The top classes' maps on the model's grid."""
     region: tuple[float, float, float, float]
     """The part of the photo the model saw (fractions)."""
     label: str
     """The class whose map is shown."""
+    labels: list[str]
+    """The top classes, whose maps the bars can switch to."""
+    source: Heatmaps | None
+    """Where the maps come from, until `make_maps` has made them."""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """The top classes' maps on the model's grid."""
+
+    def make_maps(self) -> None:
+        """The top classes' maps, all at once (for Grad-CAM: one forward pass of the tail for them all)."""
+        if self.source is not None:
+            self.maps.update(self.source.cams(self.labels))
+            self.source = None  # the feature map is not kept with the session
 
 
 def heatmap_caption(label: str, model: str = "the model") -> str:
     return f"Where {model} looked for “{label}”"
+
+
+def pending_caption(label: str, model: str = "the model") -> str:
+    return f"Working out where {model} looked for “{label}”…"
 
 
 def no_heatmap() -> gr.Image:
@@ -216,9 +231,11 @@ def analyse(
         return analysis.predictions, None
     display = analysis.image.copy()
     display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-    maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
-    top = next(iter(analysis.predictions))
-    return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
+    labels = list(analysis.predictions)
+    shown = ShownPhoto(display, analysis.heatmaps.region, labels[0], labels, analysis.heatmaps)
+    if not analysis.heatmaps.needs_gradient:
+        shown.make_maps()  # class activation maps: a matrix product, shown with the bars
+    return analysis.predictions, shown
 
 
 def heatmap_picture(
@@ -231,6 +248,8 @@ def heatmap_picture(
     """The heatmap of `label` over the photo and its caption; where the model has none, why, in words."""
     if shown is None:  # the words say it; no empty picture beside them
         return gr.Image(value=None, visible=False), no_heatmap_reason
+    if label not in shown.maps:  # a Grad-CAM map, made after the bars are shown
+        return no_heatmap(), pending_caption(label, model)
     picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
     caption = heatmap_caption(label, model)
     return gr.Image(value=picture, label=caption, alt_text=caption, visible=True), caption
@@ -423,6 +442,13 @@ def build_demo(
             return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
         return card, *show_analysis(classifier, image, opacity), name
 
+    def finish_heatmap(shown: ShownPhoto | None, opacity: float):
+        """After the bars: the maps that need a gradient (Grad-CAM), and the top class's picture."""
+        if shown is None or shown.source is None:
+            return gr.skip(), gr.skip()
+        shown.make_maps()
+        return heatmap_picture(shown, shown.label, opacity, None)
+
     def explain(image: str | None):
         """The label value and the top class's heatmap picture (none where the model has no heatmaps):
         `/explain`."""
@@ -431,7 +457,8 @@ def build_demo(
         predictions, shown = analyse_first(classifier_named(models, models.default), image)
         if shown is None:
             return predictions, None
-        return predictions, overlay_heatmap(shown.image, shown.maps[shown.label], shown.region)
+        top_map = shown.maps[shown.label] if shown.maps else shown.source.cam(shown.label)  # Grad-CAM: one
+        return predictions, overlay_heatmap(shown.image, top_map, shown.region)
 
     def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
         """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
@@ -477,6 +504,8 @@ def build_demo(
                 continue
             started = time.perf_counter()
             predictions, shown = analyse_first(classifier, image)
+            if shown is not None:
+                shown.make_maps()  # Grad-CAM's too: the time shown is the whole answer's
             took = (time.perf_counter() - started) * 1000
             top = next(iter(predictions))
             picture, caption = heatmap_picture(shown, top, 0.5, classifier.no_heatmaps_reason, name)
@@ -532,18 +561,21 @@ def build_demo(
         compared = compare_tab(models, examples, top_k, visible=several)
 
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
-        photo.change(
+        landed = photo.change(
             show_photo,
             [photo, opacity, chosen],
             [bars, overlay, caption, shown],
             concurrency_limit=MODEL_CONCURRENCY,  # the session's model may need loading again
             **page_only,
         )
+        # Grad-CAM maps come after the bars; a new photo cancels the last one's, which is no longer wanted.
+        mapped = landed.success(finish_heatmap, [shown, opacity], [overlay, caption], **page_only)
+        photo.change(None, cancels=[mapped], **page_only)
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
         opacity.release(change_opacity, [shown, opacity], overlay, **page_only)
         # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
         # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
-        picker.change(
+        switched = picker.change(
             lambda name: model_card(models, name), picker, card, show_progress="hidden", **page_only
         ).then(
             choose_model,
@@ -552,7 +584,9 @@ def build_demo(
             show_progress_on=[bars, overlay],  # the card stays readable while a model loads
             concurrency_limit=MODEL_CONCURRENCY,
             **page_only,
-        ).failure(lambda name: name, chosen, picker, **page_only)  # a failed load: the previous model stays
+        )
+        switched.failure(lambda name: name, chosen, picker, **page_only)  # a failed load: the previous stays
+        switched.success(finish_heatmap, [shown, opacity], [overlay, caption], **page_only)
 
         many.upload(classify_many, [many, chosen], [table, download], concurrency_limit=1, **page_only)
         if upload_max_side:  # in the browser only: API clients send what they like

@@ -58,10 +58,14 @@ from image_classifier.engines import (
 )
 from image_classifier.heatmaps import (
     CamLayers,
+    GradCam,
+    GradCamLayer,
     Heatmaps,
     HeatmapsUnavailable,
     WithFeatureMap,
     cam_layers_for,
+    class_activation_maps,
+    gradcam_layer_for,
 )
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
 from image_classifier.model_set import DEFAULT_MODEL_MEMORY_MB, ModelNotOffered, ModelSet
@@ -78,6 +82,7 @@ __all__ = [
     "CamLayers",
     "Classifier",
     "FusedEvalTransform",
+    "GradCamLayer",
     "ImageError",
     "HeatmapsUnavailable",
     "ImageInput",
@@ -111,6 +116,11 @@ class Classifier:
     torchvision preset transform; `"exact"` runs the model and transform as given, in fp32 PyTorch.
     Prediction runs in three small steps: `preprocess` (image -> tensor), `forward` (tensors only)
     and `postprocess` (probabilities -> label dict).
+
+    Heatmaps (`analyse`, `explain`): the engine returns the last feature map beside the logits; the maps
+    are class activation maps where the head is pooling + one linear layer (`cam_layers`, found for
+    torchvision models), else Grad-CAM through the rest of the model in PyTorch (`gradcam_layer`,
+    likewise). An explicit argument wins over the found layers.
     """
 
     def __init__(
@@ -123,6 +133,7 @@ class Classifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "fast",
         cam_layers: CamLayers | None = None,
+        gradcam_layer: GradCamLayer | None = None,
     ) -> None:
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique, or the label -> probability dict merges classes")
@@ -136,15 +147,23 @@ class Classifier:
         if precision == "fast" and FusedEvalTransform.fits(self.transform):
             self.transform = FusedEvalTransform(self.transform)
         self.label_index = {label: i for i, label in enumerate(self.labels)}
-        # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass).
-        self.cam_layers = cam_layers or cam_layers_for(self.model)
+        # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass);
+        # where a map needs a gradient, Grad-CAM runs the model's tail from it when a map is asked for.
+        if cam_layers is None and gradcam_layer is None:
+            cam_layers = cam_layers_for(self.model)
+            gradcam_layer = None if cam_layers else gradcam_layer_for(self.model)
+        self.cam_layers, self.gradcam_layer = cam_layers, None if cam_layers else gradcam_layer
         runnable = self.model
         if self.cam_layers is not None:
             linear = self.model.get_submodule(self.cam_layers.classifier)
             self._class_weights = linear.weight.detach().float().cpu().clone()
-            runnable = WithFeatureMap(self.model, self.cam_layers)
+            runnable = WithFeatureMap(self.model, self.cam_layers.features, self.cam_layers.activation)
+        elif self.gradcam_layer is not None:
+            runnable = WithFeatureMap(self.model, self.gradcam_layer.features)
         example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
         self.engine, self._run = prepare_engine(runnable, select_engine(self.device, precision), example)
+        # After the engine: Grad-CAM runs the tail as the engine left the model (fp16 on CUDA, for one).
+        self._gradcam = GradCam(self.model, self.gradcam_layer) if self.gradcam_layer else None
 
     def decode(self, image: ImageInput) -> Image.Image:
         """The upright RGB photo, decoded at the scale the model needs (see `load_image`)."""
@@ -166,7 +185,8 @@ class Classifier:
     def forward_with_features(
         self, batch: torch.Tensor, *, threads: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w)."""
+        """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w;
+        a ViT's tokens)."""
         with torch.inference_mode():
             batch = batch.to(self.device)
             outputs = self._run(batch) if threads is None else self._run(batch, threads=threads)
@@ -195,7 +215,11 @@ class Classifier:
         return [self.postprocess(p, top_k) for p in self.forward(batch, threads=threads)]
 
     def analyse(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> Analysis:
-        """`predict` and the heatmaps of every class, from one forward pass."""
+        """`predict` and the heatmaps of every class, from one forward pass.
+
+        Class activation maps are a matrix product on that pass's feature map. Grad-CAM maps run the
+        model's tail from it, with autograd, when a map is first asked for (`Heatmaps.needs_gradient`).
+        """
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
         batch = self.preprocess(rgb).unsqueeze(0)
@@ -203,7 +227,14 @@ class Classifier:
         heatmaps = None
         if features is not None:
             region = self.seen_region(rgb.size)
-            heatmaps = Heatmaps(features[0], self._class_weights, self.label_index, region, full_size)
+            if self._gradcam is None:
+                maps_of = functools.partial(class_activation_maps, features[0], self._class_weights)
+                heatmaps = Heatmaps(maps_of, self.label_index, region, full_size)
+            else:
+                maps_of = functools.partial(self._gradcam.maps, features[0])
+                heatmaps = Heatmaps(
+                    maps_of, self.label_index, region, full_size, method="Grad-CAM", needs_gradient=True
+                )
         return Analysis(self.postprocess(probabilities[0], top_k), rgb, heatmaps)
 
     def explain(
@@ -220,19 +251,21 @@ class Classifier:
             unknown = [label for label in labels if label not in self.label_index]
             if unknown:
                 raise ValueError(f"Unknown labels: {', '.join(map(repr, unknown))}.")
-        analysis = self.analyse(image, top_k)
-        if analysis.heatmaps is None:
+        if self.no_heatmaps_reason:
             raise HeatmapsUnavailable(self.no_heatmaps_reason)
-        return {label: analysis.heatmaps.heatmap(label) for label in labels or analysis.predictions}
+        analysis = self.analyse(image, top_k)
+        wanted = list(analysis.predictions if labels is None else labels)
+        analysis.heatmaps.cams(wanted)  # all at once: Grad-CAM runs the tail forward once for them all
+        return {label: analysis.heatmaps.heatmap(label) for label in wanted}
 
     @property
     def no_heatmaps_reason(self) -> str | None:
         """Why this model gets no heatmaps, in words; None when it does."""
-        if self.cam_layers is not None:
+        if self.cam_layers is not None or self.gradcam_layer is not None:
             return None
         return (
             f"No heatmap for {type(self.model).__name__}: its head is not global average pooling followed by "
-            "one linear layer, which class activation maps need."
+            "one linear layer, which class activation maps need, and no layer is known for Grad-CAM."
         )
 
     @property
@@ -269,7 +302,8 @@ class Analysis:
     image: Image.Image
     """The upright photo as decoded for the model (large JPEGs at a reduced scale)."""
     heatmaps: Heatmaps | None
-    """Every class's map; None where the model has none (`Classifier.no_heatmaps_reason` says why)."""
+    """Every class's map, made when first asked for; None where the model has none
+    (`Classifier.no_heatmaps_reason` says why)."""
 
 
 def load_classifier(

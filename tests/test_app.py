@@ -106,6 +106,19 @@ def test_explain_endpoint_gives_the_label_value_and_the_heatmap_picture(client):
         client.predict(None, api_name="/explain")
 
 
+def test_explain_endpoint_with_the_gradcam_fallback_gives_the_same_bars_and_a_heatmap(
+    fallback_server, client
+):
+    from gradio_client import Client
+    from PIL import Image
+
+    fallback = Client(fallback_server, verbose=False)
+    bars, picture = fallback.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/explain")
+    assert bars == client.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/predict")
+    with Image.open(picture) as overlay:
+        assert overlay.size == Image.open(EXAMPLES / "cat.jpg").size
+
+
 # --- python app.py ------------------------------------------------------------------------------
 
 

@@ -45,8 +45,18 @@ def test_gpu_benchmark_runs(tmp_path):
 
 def test_heatmap_benchmark_runs(tmp_path):
     run("heatmaps.py", tmp_path)
-    (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
+    results = json.loads((tmp_path / "heatmaps.json").read_text())
+    (row,) = results["rows"]
     assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0
+    (fallback,) = results["fallback"]
+    assert fallback["model"] == "mobilenet_v3_small" and fallback["method"] == "Grad-CAM"
+    assert fallback["map_ms"] == fallback["median_ms"]["page"] - fallback["median_ms"]["bars"]
+
+
+def test_heatmap_libraries_benchmark_runs(tmp_path):
+    run("heatmap_libraries.py", tmp_path)
+    (row,) = json.loads((tmp_path / "heatmap_libraries.json").read_text())["models"].values()
+    assert row["median_ms"]["torchcam"] > 0 and row["median_ms"]["forward"] > 0
 
 
 def test_upload_benchmark_runs(tmp_path):

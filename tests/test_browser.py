@@ -10,6 +10,7 @@ import functools
 import io
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -217,6 +218,72 @@ def test_clear_resets_the_bars_and_the_heatmap(page):
     expect(page.locator(BARS)).to_have_count(0, timeout=30_000)
     expect(page.locator(HEATMAP)).to_have_count(0)
     expect(page.locator(CAPTION)).to_have_text("")
+
+
+@pytest.fixture
+def fallback_page(browser, fallback_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.goto(fallback_server)
+    page.locator(DROP_ZONE).wait_for()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def held_gradcam(gradcam_oracle, monkeypatch):
+    """Grad-CAM passes wait until the test lets them go: what the page shows meanwhile is checked."""
+    release = threading.Event()
+    maps = gradcam_oracle._gradcam.maps
+    monkeypatch.setattr(
+        gradcam_oracle._gradcam,
+        "maps",
+        lambda features, classes: release.wait(60) and maps(features, classes),
+    )
+    yield release
+    release.set()
+
+
+def wait_for_bars(page) -> list[tuple[str, float]]:
+    page.locator(BARS).nth(4).wait_for(timeout=30_000)
+    return shown_predictions(page)
+
+
+def test_a_gradcam_model_shows_the_bars_first_then_the_heatmap(fallback_page, held_gradcam):
+    page = fallback_page
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    predictions = wait_for_bars(page)  # while the map is still being made
+    assert_chart(predictions, EXPECTED["cat.jpg"])
+    top, second = predictions[0][0], predictions[1][0]
+    expect(page.locator(CAPTION)).to_contain_text(f"Working out where the model looked for “{top}”")
+    expect(page.locator(HEATMAP)).to_have_count(0)
+    held_gradcam.set()  # the Grad-CAM pass runs now: seconds on a busy 2-core machine
+    expect(page.locator(HEATMAP)).to_have_attribute(
+        "alt", f"Where the model looked for “{top}”", timeout=60_000
+    )
+    assert shown_predictions(page) == predictions
+    page.locator(BARS).nth(1).click()
+    expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{second}”")
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{second}”")
+
+
+def test_a_new_photo_while_a_map_is_being_made_gets_its_own_map(fallback_page, held_gradcam):
+    """The first photo's map, still in the making, is dropped; the second photo's map follows its bars."""
+    page = fallback_page
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    wait_for_bars(page)
+    expect(page.locator(CAPTION)).to_contain_text("Working out where the model looked")
+    page.get_by_role("button", name="Clear", exact=True).first.click()
+    expect(page.locator(BARS)).to_have_count(0, timeout=30_000)
+    page.set_input_files("input[type=file]", EXAMPLES / "coffee.jpg")
+    predictions = wait_for_bars(page)
+    assert_chart(predictions, EXPECTED["coffee.jpg"])
+    held_gradcam.set()
+    top = predictions[0][0]
+    expect(page.locator(HEATMAP)).to_have_attribute(
+        "alt", f"Where the model looked for “{top}”", timeout=60_000
+    )
+    expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{top}”")
 
 
 def accessibility_violations(page) -> list[str]:

@@ -239,6 +239,20 @@ def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
     assert random_densenet.engine == "openvino-fp32"
 
 
+def test_a_vision_transformer_runs_on_openvino(labels):
+    """Converted without autograd, as it runs: with it, torchvision's attention took another path on the
+    tracer's check run, conversion failed and every ViT fell back to PyTorch."""
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(224, 32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts the head at zero
+    fast = Classifier(vit, labels, device="cpu")
+    assert fast.engine == "openvino-fp32"
+    with torch.inference_mode():
+        reference = vit(fast.preprocess(CAT).unsqueeze(0)).softmax(dim=-1)
+    assert torch.allclose(fast.forward(fast.preprocess(CAT).unsqueeze(0)), reference, atol=1e-5)
+
+
 def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels):
     def broken(model, example):
         raise RuntimeError("unsupported operation")

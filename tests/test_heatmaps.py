@@ -12,9 +12,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from classifier import Classifier, HeatmapsUnavailable
+from classifier import Classifier, HeatmapsUnavailable, classification_models
 from conftest import EXAMPLES, ROOT
-from image_classifier.heatmaps import WithFeatureMap, cam_layers_for, class_activation_maps
+from image_classifier.heatmaps import (
+    WithFeatureMap,
+    cam_layers_for,
+    class_activation_maps,
+    gradcam_layer_for,
+)
 
 CAT, COFFEE = "tabby", "espresso"  # the two photos' classes, as the oracle names them
 
@@ -116,6 +121,7 @@ SMALL_MODELS = {
     "mnasnet0_5": {},
     "shufflenet_v2_x0_5": {},
     "googlenet": {"aux_logits": False, "init_weights": False},
+    "swin_t": {},
 }
 
 
@@ -129,7 +135,7 @@ def test_cam_layers_reproduce_the_models_own_logits(name):
     assert layers is not None
     with torch.inference_mode():
         batch = torch.randn(2, 3, 224, 224)
-        logits, features = WithFeatureMap(model, layers)(batch)
+        logits, features = WithFeatureMap(model, layers.features, layers.activation)(batch)
         assert torch.equal(logits, model(batch))
         linear = model.get_submodule(layers.classifier)
         pooled = features.mean(dim=(2, 3)) @ linear.weight.T + linear.bias
@@ -138,14 +144,190 @@ def test_cam_layers_reproduce_the_models_own_logits(name):
     assert maps.shape[0] == 3 and maps.min() >= 0 and maps.max() <= 1
 
 
-def test_a_model_without_a_cam_head_says_so_in_words(labels):
-    model = torchvision.models.mobilenet_v3_small()
-    assert cam_layers_for(model) is None
+def test_a_model_no_method_knows_says_so_in_words(labels):
+    """A linear classifier over pixels has neither a pooled feature map nor a known layer for Grad-CAM."""
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(192, 1000))
+    assert cam_layers_for(model) is None and gradcam_layer_for(model) is None
     classifier = Classifier(model, labels, device="cpu")
-    assert "No heatmap for MobileNetV3" in classifier.no_heatmaps_reason
+    assert "No heatmap for Sequential" in classifier.no_heatmaps_reason
     assert classifier.analyse(EXAMPLES / "cat.jpg").heatmaps is None
-    with pytest.raises(HeatmapsUnavailable, match="No heatmap for MobileNetV3"):
+    with pytest.raises(HeatmapsUnavailable, match="No heatmap for Sequential"):
         classifier.explain(EXAMPLES / "cat.jpg")
+
+
+def built_without_weights(name: str) -> torch.nn.Module:
+    """torchvision's `name` with no memory behind its weights (the meta device). RegNet's builders compute
+    their block widths with tensors, which the meta device can't hold: its smallest member stands in (every
+    RegNet is the same class, with the same layer names)."""
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name)
+    except NotImplementedError:
+        assert name.startswith("regnet_"), name
+        return torchvision.models.get_model(f"{name[:9]}400mf")
+
+
+GOOGLENET_INIT_WARNING = "ignore:The default weight initialization:FutureWarning"  # and Inception's
+
+
+@pytest.mark.filterwarnings(GOOGLENET_INIT_WARNING)
+def test_every_torchvision_classification_model_gets_a_heatmap_method():
+    methods = {}
+    for name in classification_models():
+        model = built_without_weights(name)
+        cam, gradcam = cam_layers_for(model), gradcam_layer_for(model)
+        assert (cam is None) != (gradcam is None), name  # exactly one method
+        layer = model.get_submodule(cam.features if cam else gradcam.features)
+        assert not isinstance(layer, torch.nn.ModuleList), name  # a module that runs, so its hook fires
+        if gradcam:
+            gradcam.tail(model).get_submodule(gradcam.target)
+        methods.setdefault("CAM" if cam else "Grad-CAM", set()).add(type(model).__name__)
+    assert methods["Grad-CAM"] == {
+        "AlexNet",
+        "ConvNeXt",
+        "MaxVit",
+        "MobileNetV3",
+        "SqueezeNet",
+        "VGG",
+        "VisionTransformer",
+    }
+    assert {"DenseNet", "ResNet", "RegNet", "EfficientNet", "SwinTransformer"} <= methods["CAM"]
+
+
+# --- Grad-CAM, where the head is more than pooling + one linear layer -------------------------------
+
+
+def test_gradcam_fallback_on_real_weights_puts_each_class_on_its_own_photo(gradcam_oracle, photos):
+    assert gradcam_oracle.cam_layers is None and gradcam_oracle.gradcam_layer is not None
+    cat, coffee = photos
+    maps = gradcam_oracle.explain(side_by_side(cat, coffee), labels=[CAT, COFFEE])
+    assert left_share(maps[CAT]) >= 0.8 and left_share(maps[COFFEE]) <= 0.2
+    swapped = gradcam_oracle.explain(side_by_side(coffee, cat), labels=[CAT, COFFEE])
+    assert left_share(swapped[CAT]) <= 0.2 and left_share(swapped[COFFEE]) >= 0.8
+
+
+def test_gradcam_fallback_gives_the_exact_maps_for_the_fast_engines_labels(oracle, gradcam_oracle, photos):
+    """On a pooling + linear head Grad-CAM is the class activation map (up to scale): the PyTorch pass
+    reproduces the exact maps, for the labels the fast engine predicted, in its order."""
+    assert gradcam_oracle.engine == oracle.engine == "openvino-fp32"
+    composite = side_by_side(*photos)
+    exact, fallback = oracle.explain(composite), gradcam_oracle.explain(composite)
+    assert list(fallback) == list(exact) == list(gradcam_oracle.predict(composite))
+    for label, heatmap in fallback.items():
+        assert heatmap.dtype == np.float32 and heatmap.shape == exact[label].shape
+        assert np.corrcoef(heatmap.ravel(), exact[label].ravel())[0, 1] >= 0.99, label
+
+
+def test_gradcam_runs_once_when_a_map_is_first_asked_for(gradcam_oracle, monkeypatch):
+    calls, runs = [], []
+    maps = gradcam_oracle._gradcam.maps
+    monkeypatch.setattr(
+        gradcam_oracle._gradcam,
+        "maps",
+        lambda features, classes: calls.append(classes) or maps(features, classes),
+    )
+    run = gradcam_oracle._run
+    monkeypatch.setattr(gradcam_oracle, "_run", lambda batch: runs.append(batch.shape) or run(batch))
+    analysis = gradcam_oracle.analyse(EXAMPLES / "cat.jpg")
+    assert calls == [] and analysis.heatmaps.needs_gradient and analysis.heatmaps.method == "Grad-CAM"
+    top = list(analysis.predictions)
+    assert list(analysis.heatmaps.cams(top)) == top and len(calls) == 1 and len(calls[0]) == 5
+    analysis.heatmaps.cam(top[2])  # kept
+    analysis.heatmaps.cam("goldfish")  # any class: the tail once more
+    assert [len(classes) for classes in calls] == [5, 1]
+    assert len(runs) == 1  # the engine ran once: the maps come from its feature map
+
+
+TAIL_MODELS = [
+    "convnext_tiny",
+    "vgg11",
+    "alexnet",
+    "squeezenet1_1",
+    "mobilenet_v3_small",
+    "maxvit_t",
+    "vit_b_32",
+]
+
+
+@pytest.mark.parametrize("name", TAIL_MODELS)
+def test_gradcam_tails_finish_the_models_own_forward_pass(name):
+    """The tail, run on the feature map the engine returns beside the logits, gives the model's logits back:
+    so the layer named is the right one and the tail repeats the model's forward after it."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).eval()
+    layer = gradcam_layer_for(model)
+    with torch.inference_mode():
+        batch = torch.randn(2, 3, 224, 224)
+        logits, features = WithFeatureMap(model, layer.features)(batch)
+        assert torch.equal(logits, model(batch))
+        scale = logits.abs().max().item()  # a random MobileNetV3's logits are about 1e-9
+        torch.testing.assert_close(layer.tail(model).eval()(features), logits, rtol=1e-4, atol=1e-4 * scale)
+
+
+FALLBACK_MODELS = [
+    ("convnext_tiny", "exact"),
+    ("vit_b_16", "exact"),
+    ("maxvit_t", "exact"),
+    ("vgg11", "exact"),
+    ("alexnet", "exact"),
+    ("squeezenet1_1", "exact"),
+    ("mobilenet_v3_small", "exact"),
+    # Probabilities from OpenVINO, maps from PyTorch. (A random MobileNetV3's activations vanish, so all
+    # its probabilities tie: SqueezeNet's differ, which makes the order a real check.)
+    ("squeezenet1_1", "fast"),
+]
+
+
+@pytest.mark.parametrize(("name", "precision"), FALLBACK_MODELS)
+def test_gradcam_fallback_plumbing_on_random_models(name, precision, labels, photos):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name)
+    if isinstance(model, torchvision.models.VisionTransformer):  # its head starts at zero: no gradient
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    classifier = Classifier(model, labels, device="cpu", precision=precision)
+    assert classifier.cam_layers is None and classifier.no_heatmaps_reason is None
+    wide = photos[0].convert("RGB").resize((600, 300))  # the centre crop keeps the middle 300 columns
+    maps = classifier.explain(wide)
+    assert list(maps) == list(classifier.predict(wide))
+    left, _, right, _ = classifier.seen_region(wide.size)
+    outside = np.r_[0 : int(left * 600) - 1, int(right * 600) + 1 : 600]
+    for label, heatmap in maps.items():
+        assert heatmap.dtype == np.float32 and heatmap.shape == (300, 600), label
+        assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0, abs=1e-6), label
+        assert heatmap[:, outside].max() == 0, label
+    assert list(classifier.explain(wide, labels=["goldfish", "tabby"])) == ["goldfish", "tabby"]
+
+
+def test_gradcam_hooks_never_see_the_engines_own_forward_passes(labels):
+    """A ViT's map is read inside its last block, which its tail runs again: Grad-CAM hooks a copy of the
+    tail that shares the weights, so a PyTorch engine's forward pass on the model itself, in the middle of
+    a Grad-CAM pass, leaves the maps as they were."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(224, 32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.02)
+    classifier = Classifier(vit, labels, device="cpu", precision="exact")
+    assert classifier.engine == "torch-fp32"  # predict runs the model itself
+    alone = classifier.explain(EXAMPLES / "cat.jpg")
+    meanwhile = []
+    tail = classifier._gradcam.tail
+    assert tail.last is not vit.encoder.layers[-1]
+    assert all(
+        a is b for a, b in zip(tail.last.parameters(), vit.encoder.layers[-1].parameters(), strict=True)
+    )
+
+    def predict_meanwhile(*_) -> None:  # runs after Grad-CAM caught the last block's tokens
+        if not meanwhile:  # once (the engine's own pass runs the shared heads too)
+            meanwhile.append("running")
+            meanwhile[0] = classifier.predict(EXAMPLES / "coffee.jpg")
+
+    handle = tail.heads.register_forward_hook(predict_meanwhile)
+    try:
+        interleaved = classifier.explain(EXAMPLES / "cat.jpg")
+    finally:
+        handle.remove()
+    assert len(meanwhile) == 1 and list(interleaved) == list(alone)
+    for label, heatmap in alone.items():
+        np.testing.assert_allclose(interleaved[label], heatmap, atol=1e-5)
 
 
 def test_cli_explain_writes_one_overlay_png_per_image(densenet_weights, tmp_path):
