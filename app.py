@@ -8,7 +8,12 @@ python app.py --share              # plus a temporary public link
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,11 +33,15 @@ from classifier import (
 from image_classifier import batch
 from image_classifier.heatmaps import overlay as overlay_heatmap
 
+logger = logging.getLogger(__name__)
+
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 """Uploads above this are refused by Gradio before they reach the classifier."""
 QUEUE_SIZE = 32
 """Requests waiting beyond this are turned away at once with "Queue is full! Please try again."."""
+DELETE_CACHE = (3600, 3600)
+"""Every hour, the uploads and results older than an hour are deleted (`clean_cache`)."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 TITLE = "What's in this picture?"
@@ -94,7 +103,7 @@ def build_demo(
     max_batch_files: int = batch.DEFAULT_MAX_BATCH_FILES,
 ) -> gr.Blocks:
     """The page around `classifier`, queued. API endpoints: `/predict` (photo -> top-k, as always) and
-    `/explain` (photo -> top-k and the heatmap of the top class)."""
+    `/explain` (photo -> top-k and the heatmap of the top class). Launch it with `launch_options()`."""
 
     def classify(image: str | None) -> dict[str, float]:
         """The top classes of a photo: the label value of `/predict`."""
@@ -167,7 +176,8 @@ def build_demo(
             raise gr.Error(str(e), print_exception=False) from None
         return rows, gr.DownloadButton(value=csv_path, visible=True)
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    # Uploads and results are deleted by `clean_cache` (see launch_options), not by Gradio's delete_cache.
+    with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n\n{DESCRIPTION.format(model=model_name)}")
         shown = gr.State()
         with gr.Tab("Photo"), gr.Row(equal_height=False):
@@ -224,9 +234,72 @@ def build_demo(
     return demo.queue(max_size=queue_size)
 
 
-def launch_options(max_file_size: str = MAX_FILE_SIZE) -> dict:
-    """What every launch of the page passes to `launch()`: the accessible theme and the upload limit."""
-    return {"theme": THEME, "max_file_size": max_file_size}
+def launch_options(
+    max_file_size: str = MAX_FILE_SIZE, delete_cache: tuple[float, float] = DELETE_CACHE
+) -> dict:
+    """What every launch of the page passes to `launch()`: the accessible theme, the upload limit, and the
+    cleanup of uploads and results: every `delete_cache[0]` seconds, those older than `delete_cache[1]`."""
+    return {
+        "theme": THEME,
+        "max_file_size": max_file_size,
+        "app_kwargs": {"lifespan": clean_cache(*delete_cache)},
+    }
+
+
+def clean_cache(every: float, older_than: float):
+    """A server lifespan that deletes the app's old uploads and results on a schedule, and all of them when
+    the server stops: what Gradio's `delete_cache` promises. Gradio 6.31's own stops for good the first time
+    an upload lands during its scan ("Set changed size during iteration" ends its task), after which the
+    cache grows for the life of the server; the soak (bench/soak.py) found it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server):
+        async def on_schedule() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await asyncio.to_thread(delete_old_files, server.get_blocks(), older_than)
+                except Exception:  # logged; the next round tries again
+                    logger.exception("Could not clean Gradio's cache; trying again in %s s", every)
+
+        task = asyncio.create_task(on_schedule())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            delete_old_files(server.get_blocks(), None)
+
+    return lifespan
+
+
+def delete_old_files(blocks: gr.Blocks, older_than: float | None) -> int:
+    """Delete the files the app created (uploads, results) that are older than `older_than` seconds by
+    ctime, all of them when None, and each one's folder once it is empty (Gradio keeps one folder per file);
+    files Gradio keeps for the page (the examples) stay. Returns how many files went."""
+    keep = set()
+    for component in blocks.blocks.values():
+        keep.update(getattr(component, "keep_in_cache", ()))
+    cache = os.path.realpath(blocks.GRADIO_CACHE)
+    now, deleted = time.time(), 0
+    for files in blocks.temp_file_sets:
+        for file in list(files):  # a copy: requests add files while this runs
+            if file in keep:
+                continue
+            try:
+                if older_than is not None and now - os.lstat(file).st_ctime <= older_than:
+                    continue
+                os.remove(file)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            files.discard(file)
+            folder = os.path.dirname(os.path.realpath(file))
+            if os.path.dirname(folder) == cache:
+                with contextlib.suppress(OSError):  # not empty: another file with the same content
+                    os.rmdir(folder)
+    return deleted
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
