@@ -337,7 +337,7 @@ def replay(paths: list[Path], as_json: bool = False) -> int:
         try:
             with Image.open(path) as image:
                 size = f"{image.format} {image.mode} {image.width}×{image.height}"
-        except Exception:  # noqa: BLE001 (only a description)
+        except Exception:  # only a description
             size = "not an image"
         row = {
             "file": str(path),

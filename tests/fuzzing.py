@@ -270,7 +270,7 @@ class DecoderTarget:
                     )
             except ImageError:
                 pass
-            except Exception as e:  # noqa: BLE001 (the fuzzer records anything else as a finding)
+            except Exception as e:  # the fuzzer records anything else as a finding
                 failure = failure or e
             seconds = max(seconds, time.process_time() - cpu_started)
             wall = max(wall, time.perf_counter() - wall_started)
