@@ -1,8 +1,9 @@
-"""Serve the app with the EfficientNet-Lite0 oracle model in its own process (for load tests).
+"""Serve the app with the EfficientNet-Lite0 oracle model in its own process (for load tests and the soak).
 
-python tests/serve.py PORT
+python tests/serve.py PORT [--delete-cache EVERY OLDER_THAN]
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,5 +13,17 @@ import app  # noqa: E402
 from oracle import load_oracle  # noqa: E402
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument(
+        "--delete-cache",
+        nargs=2,
+        type=int,
+        default=app.DELETE_CACHE,
+        metavar=("EVERY", "OLDER_THAN"),
+        help="how often uploads and results are deleted, and from what age, in seconds (default: the app's)",
+    )
+    args = parser.parse_args()
     demo = app.build_demo(load_oracle(), model_name="EfficientNet-Lite0")
-    demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), **app.launch_options())
+    options = app.launch_options(delete_cache=tuple(args.delete_cache))
+    demo.launch(server_name="127.0.0.1", server_port=args.port, **options)

@@ -47,3 +47,10 @@ def test_heatmap_benchmark_runs(tmp_path):
     run("heatmaps.py", tmp_path)
     (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
     assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0
+
+
+def test_soak_benchmark_runs(tmp_path):
+    run("soak.py", tmp_path)
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["requests"] == 60 and sum(report["verdicts"].values()) == 60
+    assert set(report["targets"]) and report["cache"]["by_quarter"]

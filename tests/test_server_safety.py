@@ -1,12 +1,9 @@
 """A public demo under load and under probing: no failures, no leak, no busy pile-up, no file leaks."""
 
 import http.client
-import os
-import subprocess
-import sys
+import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -16,82 +13,57 @@ from gradio_client.exceptions import AppError
 import app
 from classifier import Classifier
 from conftest import EXAMPLES, EXPECTED, ROOT
-from servers import free_port, rss_mb, wait_until_serving
+from servers import free_port, serve_oracle
+from soak import soak, targets
 
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
+DELETE_CACHE = (2, 10)
+"""The test server's cleanup: every 2 s, uploads and results older than 10 s (the app's: an hour)."""
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """tests/serve.py in its own process, its working directory and Gradio cache in a temp folder."""
-    workdir = tmp_path_factory.mktemp("served")
-    cache = workdir / "gradio-cache"
-    port = free_port()
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(cache), PYTHONUNBUFFERED="1")
-    with open(workdir / "server.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "serve.py"), str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    wait_until_serving(url, process, log=workdir / "server.log")
-    yield {"url": url, "pid": process.pid, "workdir": workdir, "cache": cache, "log": workdir / "server.log"}
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def run_clients(url: str, clients: int, requests_per_client: int, photos=PHOTOS) -> list[tuple[str, str]]:
-    """`clients` concurrent gradio_client sessions; returns (photo name, top-1 label or error) per request."""
-
-    def one_client(index: int) -> list[tuple[str, str]]:
-        client = Client(url, verbose=False)
-        answers = []
-        for n in range(requests_per_client):
-            photo = photos[(index + n) % len(photos)]
-            try:
-                result = client.submit(handle_file(str(photo)), api_name="/predict").result(timeout=120)
-                answers.append((photo.name, result["label"]))
-            except Exception as e:  # counted as failures below
-                answers.append((photo.name, f"FAILED: {e}"))
-        return answers
-
-    with ThreadPoolExecutor(clients) as pool:
-        return [answer for answers in pool.map(one_client, range(clients)) for answer in answers]
-
-
-def test_sixteen_concurrent_clients_get_right_answers_without_leaking(served):
-    run_clients(served["url"], clients=4, requests_per_client=10)  # warm-up: 40 requests
-    rss_warm = rss_mb(served["pid"])
-    started = time.monotonic()
-    answers = run_clients(served["url"], clients=16, requests_per_client=25)  # 400 requests
-    elapsed = time.monotonic() - started
-    rss_after = rss_mb(served["pid"])
-    print(f"\nload: 400 requests, 16 clients, {elapsed:.1f} s; RSS {rss_warm:.0f} MB -> {rss_after:.0f} MB")
-    failures = [answer for answer in answers if answer[1].startswith("FAILED")]
-    wrong = [(name, label) for name, label in answers if name in EXPECTED and label not in EXPECTED[name]]
-    assert len(answers) == 400 and not failures and not wrong, (failures[:3], wrong[:3])
-    assert rss_after <= rss_warm * 1.10, (rss_warm, rss_after)
+    options = ("--delete-cache", *map(str, DELETE_CACHE))
+    with serve_oracle(tmp_path_factory.mktemp("served"), *options) as app_process:
+        yield app_process
 
 
 def test_uploads_stay_in_gradios_cache_and_out_of_the_logs(served, tmp_path):
     secret = tmp_path / "secret-holiday-photo.jpg"
     secret.write_bytes((EXAMPLES / "coffee.jpg").read_bytes())
-    client = Client(served["url"], verbose=False)
+    client = Client(served.url, verbose=False)
     assert client.predict(handle_file(str(secret)), api_name="/predict")["label"] in EXPECTED["coffee.jpg"]
     bad = tmp_path / "secret-not-a-photo.jpg"
     bad.write_text("private notes")
     with pytest.raises(AppError):
         client.predict(handle_file(str(bad)), api_name="/predict")
 
-    written = [p for p in served["workdir"].rglob("*") if p.is_file()]
-    outside_cache = [p for p in written if served["cache"] not in p.parents and p != served["log"]]
+    written = [p for p in served.workdir.rglob("*") if p.is_file()]
+    outside_cache = [p for p in written if served.cache not in p.parents and p != served.log]
     assert outside_cache == []  # no flagged/ folder, no copies of uploads
     assert any(p.name == "secret-holiday-photo.jpg" for p in written)  # it lives in the cache, to be deleted
-    log = served["log"].read_text()
+    log = served.log.read_text()
     assert "secret" not in log and "private notes" not in log and "Traceback" not in log, log
+
+
+def test_soak_sixteen_clients_mixed_requests_right_answers_no_leaks(served, oracle, tmp_path):
+    """A bounded soak (bench/soak.py runs 3,000): good photos of three sizes, the hostile corpus, heatmaps
+    (and /classify's models, once it exists) from 16 concurrent clients."""
+    report = soak(
+        served,
+        oracle,
+        requests=400,
+        clients=16,
+        warmup=120,
+        delete_cache=DELETE_CACHE,
+        scratch=tmp_path,
+    )
+    print(f"\nsoak: {json.dumps({k: v for k, v in report.items() if k != 'problems'})}")
+    assert report["requests"] == 400 and {"/predict", "/explain"} <= set(report["endpoints_used"])
+    assert report["verdicts"].get("expected error", 0) > 0 and report["verdicts"].get("ok", 0) > 200
+    missed = [target for target, met in targets(report).items() if not met]
+    assert not missed, (missed, report["problems"], report)
 
 
 PROBES = [
