@@ -1,5 +1,6 @@
 """A public demo under load and under probing: no failures, no leak, no busy pile-up, no file leaks."""
 
+import contextlib
 import http.client
 import json
 import threading
@@ -9,12 +10,14 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 import app
 from classifier import Classifier
 from conftest import EXAMPLES, EXPECTED, ROOT
-from servers import free_port, serve_oracle
-from soak import soak, targets
+from queue_protocol import QueueSession
+from servers import free_port, process_figures, serve_oracle
+from soak import FLAT, soak, targets
 
 PHOTOS = sorted(EXAMPLES.glob("*.jpg"))
 DELETE_CACHE = (2, 10)
@@ -162,3 +165,143 @@ def test_full_queue_turns_requests_away_at_once_and_recovers(oracle):
 def test_share_link_only_when_asked():
     assert app.parse_args([]).share is False
     assert app.parse_args(["--share"]).share is True
+
+
+# --- clients that hang up ---------------------------------------------------------------------------
+
+
+class CountedSlowModel(torch.nn.Module):
+    """Every forward pass takes `seconds` and is counted: who reached the model, and who never did."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, batch):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return torch.zeros(batch.shape[0], 1000)
+
+
+@pytest.fixture
+def slow_app(oracle):
+    """The app around a 2-second model, one request at a time, two allowed to wait."""
+    model = CountedSlowModel(2.0)
+    demo = app.build_demo(Classifier(model, oracle.labels, precision="exact"), queue_size=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    model.calls = 0
+    try:
+        yield demo, model, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def running(url: str, photo=PHOTOS[0]) -> QueueSession:
+    """A session whose request is on the model now."""
+    session = QueueSession(url)
+    assert session.join("/predict", [session.upload(photo)])[0] == 200
+    session.listen()
+    session.wait_for("process_starts")
+    return session
+
+
+def until(condition, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def leftovers(demo, sessions: list[QueueSession]) -> dict:
+    """What Gradio's queue still holds for these sessions."""
+    queue = demo._queue
+    hashes = {session.session_hash for session in sessions}
+    return {
+        "waiting": [e.session_hash for q in queue.event_queue_per_concurrency_id.values() for e in q.queue],
+        "events": [e.session_hash for e in queue.event_ids_to_events.values() if e.session_hash in hashes],
+        "running": [job for job in queue.active_jobs if job],
+    }
+
+
+def test_clients_that_hang_up_while_queued_leave_no_slot_and_never_reach_the_model(slow_app):
+    demo, model, url = slow_app
+    ghosts = []
+    for _ in range(3):  # each time, fill both waiting places and hang up
+        blocker = running(url)
+        waiting = [QueueSession(url) for _ in range(2)]
+        for place, session in enumerate(waiting):
+            assert session.join("/predict", [session.upload(PHOTOS[1])])[0] == 200
+            session.listen()
+            assert session.wait_for("estimation")["rank"] == place
+        assert QueueSession(url).join("/predict", [None])[0] == 503  # full: the places are taken
+        for session in waiting:
+            session.hang_up()
+        ghosts += waiting
+        assert until(lambda: len(demo._queue) == 0), leftovers(demo, ghosts)  # Gradio noticed, dropped them
+        assert "label" in blocker.result()["output"]["data"][0]
+    # The places are free again: two more wait behind a running request, and all three are answered.
+    sessions = [running(url)] + [QueueSession(url) for _ in range(2)]
+    for session in sessions[1:]:
+        assert session.join("/predict", [session.upload(PHOTOS[2])])[0] == 200
+        session.listen()
+    for session in sessions:
+        assert session.result()["success"]
+    assert model.calls == 3 + 3  # the three blockers and the last three: no hung-up request ran
+    assert until(lambda: leftovers(demo, ghosts + sessions) == {"waiting": [], "events": [], "running": []})
+
+
+def test_a_client_that_hangs_up_mid_request_frees_its_slot(slow_app):
+    demo, model, url = slow_app
+    gone = running(url)
+    gone.hang_up()  # the model keeps going (a forward pass can't be interrupted), nobody listens
+    follow_up = QueueSession(url)
+    assert follow_up.join("/predict", [follow_up.upload(PHOTOS[1])])[0] == 200
+    follow_up.listen()
+    assert follow_up.wait_for("estimation")["rank"] == 0  # next in line: nothing stuck ahead of it
+    assert follow_up.result()["success"]
+    assert model.calls == 2
+    assert until(lambda: leftovers(demo, [gone, follow_up]) == {"waiting": [], "events": [], "running": []})
+
+
+def test_hang_ups_leave_the_real_server_serving_without_growing(served, tmp_path):
+    """Dozens of clients hang up mid-request and while queued (heatmaps of a large photo, so each request
+    holds real memory); the server's memory, open files and threads stay flat, the next answers right."""
+    photo = tmp_path / "large-cat.jpg"
+    image = Image.open(EXAMPLES / "cat.jpg")
+    image.resize((image.width * 5, image.height * 5)).save(photo, quality=90)
+
+    def wave(hang_up_after: str) -> None:
+        sessions = [QueueSession(served.url) for _ in range(4)]
+        for session in sessions:
+            assert session.join("/explain", [session.upload(photo)])[0] == 200
+            session.listen()
+        for session in sessions:
+            with contextlib.suppress(ConnectionError):
+                session.wait_for(hang_up_after, "process_completed")
+            session.hang_up()
+
+    def served_right() -> None:
+        for path in PHOTOS:
+            session = QueueSession(served.url)
+            assert session.join("/predict", [session.upload(path)])[0] == 200
+            session.listen()
+            assert session.result()["output"]["data"][0]["label"] in EXPECTED[path.name]
+
+    for _ in range(3):
+        wave("estimation")
+        wave("process_starts")
+    served_right()
+    time.sleep(2)
+    before = process_figures(served.pid)
+    for _ in range(10):  # 80 hang-ups
+        wave("estimation")
+        wave("process_starts")
+    served_right()
+    time.sleep(2)
+    after = process_figures(served.pid)
+    print(f"\nhang-ups: {before} -> {after}")
+    assert after["rss_mb"] <= before["rss_mb"] * 1.05, (before, after)
+    assert after["open_fds"] <= before["open_fds"] + FLAT and after["threads"] <= before["threads"] + FLAT
