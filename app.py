@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,6 +94,15 @@ def heatmap_caption(label: str) -> str:
     return f"Where the model looked for “{label}”"
 
 
+def own_file(picture: Image.Image) -> Image.Image:
+    """Give a result picture a cache file of its own. Gradio 6.31 keeps a result under the hash of its bytes
+    and rewrites that file in place every time: when two requests make the same heatmap at once (the same
+    example photo, say), a client downloading the first can get it truncated. A JPEG comment unique to the
+    request makes the bytes, and so the file, unique."""
+    picture.info["comment"] = uuid.uuid4().hex.encode()
+    return picture
+
+
 def build_demo(
     classifier: Classifier,
     *,
@@ -130,7 +140,7 @@ def build_demo(
     def heatmap_picture(shown: ShownPhoto | None, label: str, opacity: float):
         if shown is None:  # the model has no heatmaps: say so in words
             return gr.Image(value=None, label="Heatmap", alt_text=None), classifier.no_heatmaps_reason
-        picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
+        picture = own_file(overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity))
         caption = heatmap_caption(label)
         return gr.Image(value=picture, label=caption, alt_text=caption), caption
 
@@ -150,7 +160,7 @@ def build_demo(
         predictions, shown = analyse(image)
         if shown is None:
             return predictions, None
-        return predictions, overlay_heatmap(shown.image, shown.maps[shown.label], shown.region)
+        return predictions, own_file(overlay_heatmap(shown.image, shown.maps[shown.label], shown.region))
 
     def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
         """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
