@@ -35,7 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=200, help="requests before measuring (default 200)")
+    parser.add_argument("--warmup", type=int, default=500, help="requests before measuring (default 500)")
     parser.add_argument(
         "--delete-cache", nargs=2, type=int, default=(5, 20), metavar=("EVERY", "OLDER_THAN"), help="seconds"
     )
@@ -83,7 +83,8 @@ def print_report(report: dict) -> None:
         f"verdicts:      {report['verdicts']} (warm-up: {report['warmup_verdicts']})\n"
         f"latency:       p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s, max {latency['max']:.2f} s\n"
         f"RSS:           {warm['rss_mb']:.0f} MB after warm-up -> {end['rss_mb']:.0f} MB at the end "
-        f"({report['rss_growth_percent']:+.1f} %), peak {report['rss_peak_mb']:.0f} MB\n"
+        f"({report['rss_growth_percent']:+.1f} %), peak {report['rss_peak_mb']:.0f} MB, at each quarter "
+        f"{report['rss_mb_by_quarter']} MB\n"
         f"open files:    {warm['open_fds']} -> {end['open_fds']} (during: {report['open_fds_during']})\n"
         f"threads:       {warm['threads']} -> {end['threads']} (during: {report['threads_during']})\n"
         f"upload cache:  delete_cache={tuple(cache['delete_cache'])}, "

@@ -388,6 +388,7 @@ def soak(
         "end": end,
         "rss_growth_percent": round(100 * (end["rss_mb"] / warm["rss_mb"] - 1), 2),
         "rss_peak_mb": max(s["rss_mb"] for s in samples),
+        "rss_mb_by_quarter": [round(q["rss_mb"]) for q in quarters],
         "open_fds_during": [min(s["open_fds"] for s in samples), max(s["open_fds"] for s in samples)],
         "threads_during": [min(s["threads"] for s in samples), max(s["threads"] for s in samples)],
         # Thread pools grow to what the concurrency needs, then stay: the second half must need no more.
