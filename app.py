@@ -9,11 +9,16 @@ python app.py --models resnet50,vit_b_16 --model resnet50   # the models on offe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import logging
+import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +49,8 @@ from image_classifier.heatmaps import overlay as overlay_heatmap
 from image_classifier.live import LiveFigures, PhotosFirst, answer_frame
 from image_classifier.model_set import refusal
 
+logger = logging.getLogger(__name__)
+
 EXAMPLES = sorted(str(path) for path in Path(__file__).with_name("examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 """Uploads above this are refused by Gradio before they reach the classifier."""
@@ -52,6 +59,8 @@ QUEUE_SIZE = 32
 MODEL_CONCURRENCY = 2
 """How many requests each event that names a model runs at once: one may be loading a model (downloading,
 converting) while the other answers with a model already loaded."""
+DELETE_CACHE = (3600, 3600)
+"""Every hour, the uploads and results older than an hour are deleted (`clean_cache`)."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 UPLOAD_MAX_SIDE = 1024
@@ -250,7 +259,7 @@ def heatmap_picture(
         return gr.Image(value=None, visible=False), no_heatmap_reason
     if label not in shown.maps:  # a Grad-CAM map, made after the bars are shown
         return no_heatmap(), pending_caption(label, model)
-    picture = overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity)
+    picture = own_file(overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity))
     caption = heatmap_caption(label, model)
     return gr.Image(value=picture, label=caption, alt_text=caption, visible=True), caption
 
@@ -362,6 +371,15 @@ def live_tab(
     )
 
 
+def own_file(picture: Image.Image) -> Image.Image:
+    """Give a result picture a cache file of its own. Gradio 6.31 keeps a result under the hash of its bytes
+    and rewrites that file in place every time: when two requests make the same heatmap at once (the same
+    example photo, say), a client downloading the first can get it truncated. A JPEG comment unique to the
+    request makes the bytes, and so the file, unique."""
+    picture.info["comment"] = uuid.uuid4().hex.encode()
+    return picture
+
+
 def build_demo(
     classifier: Classifier | ModelSet[Classifier],
     *,
@@ -374,7 +392,8 @@ def build_demo(
     live_time_limit: float = LIVE_TIME_LIMIT,
     max_streams: int = MAX_STREAMS,
 ) -> gr.Blocks:
-    """The page around one classifier (called `model_name`) or a set of models, queued.
+    """The page around one classifier (called `model_name`) or a set of models, queued; launch it with
+    `launch_options()`.
 
     API endpoints: `/predict` (photo -> top-k of the default model, as always), `/explain` (photo -> top-k
     and the heatmap of the top class), `/classify` (photo, model -> top-k) and `/compare` (photo, model A,
@@ -458,7 +477,7 @@ def build_demo(
         if shown is None:
             return predictions, None
         top_map = shown.maps[shown.label] if shown.maps else shown.source.cam(shown.label)  # Grad-CAM: one
-        return predictions, overlay_heatmap(shown.image, top_map, shown.region)
+        return predictions, own_file(overlay_heatmap(shown.image, top_map, shown.region))
 
     def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
         """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
@@ -512,7 +531,8 @@ def build_demo(
             outputs += [predictions, f"**{name}**: {took:.0f} ms for this photo", picture, caption]
         return *outputs, (name_a, name_b)
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    # Uploads and results are deleted by `clean_cache` (see launch_options), not by Gradio's delete_cache.
+    with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n\n{description}")
         shown = gr.State()
         chosen = gr.State(models.default)  # the session's model, once it has loaded
@@ -708,10 +728,73 @@ def compare_tab(
     )
 
 
-def launch_options(max_file_size: str = MAX_FILE_SIZE) -> dict:
-    """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS and the upload
-    limit."""
-    return {"theme": THEME, "css": CSS, "max_file_size": max_file_size}
+def launch_options(
+    max_file_size: str = MAX_FILE_SIZE, delete_cache: tuple[float, float] = DELETE_CACHE
+) -> dict:
+    """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
+    limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than `delete_cache[1]`."""
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": max_file_size,
+        "app_kwargs": {"lifespan": clean_cache(*delete_cache)},
+    }
+
+
+def clean_cache(every: float, older_than: float):
+    """A server lifespan that deletes the app's old uploads and results on a schedule, and all of them when
+    the server stops: what Gradio's `delete_cache` promises. Gradio 6.31's own stops for good the first time
+    an upload lands during its scan ("Set changed size during iteration" ends its task), after which the
+    cache grows for the life of the server; the soak (bench/soak.py) found it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server):
+        async def on_schedule() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await asyncio.to_thread(delete_old_files, server.get_blocks(), older_than)
+                except Exception:  # logged; the next round tries again
+                    logger.exception("Could not clean Gradio's cache; trying again in %s s", every)
+
+        task = asyncio.create_task(on_schedule())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            delete_old_files(server.get_blocks(), None)
+
+    return lifespan
+
+
+def delete_old_files(blocks: gr.Blocks, older_than: float | None) -> int:
+    """Delete the files the app created (uploads, results) that are older than `older_than` seconds by
+    ctime, all of them when None, and each one's folder once it is empty (Gradio keeps one folder per file);
+    files Gradio keeps for the page (the examples) stay. Returns how many files went."""
+    keep = set()
+    for component in blocks.blocks.values():
+        keep.update(getattr(component, "keep_in_cache", ()))
+    cache = os.path.realpath(blocks.GRADIO_CACHE)
+    now, deleted = time.time(), 0
+    for files in blocks.temp_file_sets:
+        for file in list(files):  # a copy: requests add files while this runs
+            if file in keep:
+                continue
+            try:
+                if older_than is not None and now - os.lstat(file).st_ctime <= older_than:
+                    continue
+                os.remove(file)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            files.discard(file)
+            folder = os.path.dirname(os.path.realpath(file))
+            if os.path.dirname(folder) == cache:
+                with contextlib.suppress(OSError):  # not empty: another file with the same content
+                    os.rmdir(folder)
+    return deleted
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -18,6 +18,10 @@ ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest image accepted, in pixels (width x height): a 50 MP photo decodes to ~150 MB of RGB."""
+DECODING_BYTES_PER_PIXEL = 10
+"""Decoding may use this many bytes for each pixel of the limit at its peak: 500 MB at 50 MP. Most formats
+need 4 to 8 (Pillow keeps RGB and RGBA at 4 bytes a pixel, and mapping to RGB makes one copy); the few that
+need more (see `_decoding_bytes`) get a lower pixel limit."""
 MAX_ASPECT_RATIO = 4.0
 """Longer images are centre-cropped to this ratio before resizing (see `limit_aspect_ratio`)."""
 READABLE_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
@@ -52,11 +56,13 @@ def decode_image(
     else:
         image = _open(source, max_pixels)
         _check_size(image.size, max_pixels)
+        reduced = bool(min_side) and image.format in ("JPEG", "MPO")
+        _check_decoding_memory(image, max_pixels, reduced)
     try:
         width, height = image.size
         if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: sides swap
             width, height = height, width
-        if min_side and image.format == "JPEG" and not isinstance(source, Image.Image):
+        if min_side and image.format in ("JPEG", "MPO") and not isinstance(source, Image.Image):
             image.draft(None, (min_side, min_side))
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image), (width, height)
@@ -111,6 +117,41 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
+def _check_decoding_memory(image: Image.Image, max_pixels: int, reduced: bool) -> None:
+    """Refuse, before decoding, an image whose decoder would need more than DECODING_BYTES_PER_PIXEL
+    bytes for each pixel of `max_pixels` (a smaller pixel limit for its kind, in plain words)."""
+    needed = _decoding_bytes(image, reduced)
+    if needed is None:
+        return
+    width, height = image.size
+    budget = max_pixels * DECODING_BYTES_PER_PIXEL
+    if needed > budget:
+        limit = budget / (needed / (width * height))
+        kind = "progressive JPEG" if image.format in ("JPEG", "MPO") else "WebP"
+        raise ImageError(
+            f"The image is {width}×{height} pixels; the limit for {kind} images is "
+            f"{limit / 1e6:.0f} megapixels."
+        )
+
+
+def _decoding_bytes(image: Image.Image, reduced: bool) -> int | None:
+    """The memory the decoders that need most take at their peak, from the header; None for the rest."""
+    pixels = image.width * image.height
+    if image.format == "WEBP":
+        # Pillow decodes through libwebp's animation decoder: two RGBA canvases, a copy of the frame
+        # and the image itself, 16 bytes a pixel (measured: 740 MB for a 7000×7000 WebP).
+        return 16 * pixels
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive") and getattr(image, "layer", None):
+        # libjpeg keeps every DCT coefficient (2 bytes) of a progressive JPEG until its last scan, even
+        # when decoding at a reduced scale; the full-size image and its RGB copy come on top.
+        h_max = max(h for _, h, _, _ in image.layer) or 1
+        v_max = max(v for _, _, v, _ in image.layer) or 1
+        samples = sum(h * v for _, h, v, _ in image.layer) / (h_max * v_max)
+        output = 0 if reduced else 4 if image.mode == "RGB" else 8
+        return round((2 * samples + output) * pixels)
+    return None
+
+
 def _damaged_message(error: Exception) -> str:
     if "truncated" in str(error):
         return "The image file is incomplete (truncated): please upload it again."
@@ -121,12 +162,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Map every PIL mode to 8-bit RGB: transparency on white, high bit depths rescaled."""
     if image.mode == "RGB":
         return image
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode in ("PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("RGBA", "LA"):
+        # Pasted through its own alpha onto white: one new image. (Compositing RGBA copies made a
+        # transparent 50-megapixel upload take 760 MB; PIL keeps RGB and RGBA at 4 bytes a pixel.)
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image)
+        return white
     if image.mode.startswith(("I", "F")):  # 16/32-bit integer or float grayscale
         return _rescale_to_8bit(image).convert("RGB")
     return image.convert("RGB")
@@ -134,8 +177,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _rescale_to_8bit(image: Image.Image) -> Image.Image:
     """Integer pixels span 0..255 or 0..65535 (16-bit); float ones 0..1, else their own range."""
-    if image.mode.startswith("I;16"):
-        image = image.convert("I")
+    if image.mode.startswith("I;16") and image.mode != "I;16":  # byte-swapped variants: via 32 bits
+        image = image.convert("I")  # (plain I;16 is scaled as it is: half the memory, same values)
     low, high = image.getextrema()
     if image.mode == "F" and low >= 0 and high <= 1:
         low, high = 0.0, 1.0

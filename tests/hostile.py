@@ -35,21 +35,35 @@ def encode(image: Image.Image, format: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def blank_png(width: int, height: int) -> bytes:
-    """A black 1-bit PNG of any size, written chunk by chunk: tiny on disk, huge when decoded."""
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel of each PNG colour type: gray, RGB, palette, gray + alpha, RGBA."""
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    row = bytes(1 + (width + 7) // 8)  # filter byte + packed pixels
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def blank_png(
+    width: int, height: int, bit_depth: int = 1, color_type: int = 0, chunks: dict[bytes, bytes] | None = None
+) -> bytes:
+    """An all-zero PNG of any size and pixel format (default: black 1-bit), written chunk by chunk: tiny
+    on disk, huge when decoded. `chunks` (PLTE, tRNS...) go before the pixels."""
+    row = bytes(1 + (width * PNG_CHANNELS[color_type] * bit_depth + 7) // 8)  # filter byte + pixels
     compressor = zlib.compressobj(9)
     rows_per_piece = max(1, (1 << 20) // len(row))
     pieces = [
         compressor.compress(row * min(rows_per_piece, height - y)) for y in range(0, height, rows_per_piece)
     ]
     pixels = b"".join(pieces) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    extra = b"".join(png_chunk(kind, body) for kind, body in (chunks or {}).items())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + extra
+        + png_chunk(b"IDAT", pixels)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def exif_rotated_jpeg(image: Image.Image) -> bytes:

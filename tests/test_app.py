@@ -174,3 +174,68 @@ def test_the_command_line_offers_the_default_set_or_all():
 
     assert app.parse_args([]).models == ",".join(DEFAULT_MODELS)
     assert app.parse_args(["--models", "all", "--model-memory", "3000"]).model_memory == 3000
+
+
+def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
+    """`app.delete_old_files` (what the server runs on schedule): old files and their folders go, young ones
+    and the page's examples stay, and files arriving during a scan don't stop it (they stopped Gradio
+    6.31's own cleanup for good: "Set changed size during iteration")."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    cache = tmp_path / "gradio"
+
+    def cached(name: str) -> str:
+        path = cache / name / "photo.jpg"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        return str(path)
+
+    example = cached("example")
+    old = {cached(f"old{i}") for i in range(2000)}
+    files = {example, *old}
+    blocks = SimpleNamespace(
+        blocks={0: SimpleNamespace(keep_in_cache={example})}, temp_file_sets=[files], GRADIO_CACHE=str(cache)
+    )
+    time.sleep(0.05)
+    arrived, stop = [], threading.Event()
+
+    def uploads() -> None:  # what Gradio's upload route does meanwhile
+        while not stop.is_set():
+            path = cached(f"new{len(arrived)}")
+            arrived.append(path)
+            files.add(path)
+
+    thread = threading.Thread(target=uploads)
+    thread.start()
+    try:
+        deleted = app.delete_old_files(blocks, older_than=0.04)
+    finally:
+        stop.set()
+        thread.join()
+    assert deleted >= len(old) and not any(os.path.exists(path) for path in old)
+    assert not any(os.path.exists(os.path.dirname(path)) for path in old)  # no empty folder left
+    assert os.path.exists(example) and example in files and cache.is_dir()
+    young = [path for path in arrived if os.path.exists(path)]
+    assert young and set(young) <= files  # too young to go, still tracked for the next round
+    remaining = len(files) - 1
+    assert app.delete_old_files(blocks, older_than=None) == remaining  # when the server stops: all
+    assert files == {example} and sorted(p.name for p in cache.iterdir()) == ["example"]
+
+
+def test_each_heatmap_gets_a_cache_file_of_its_own(server):
+    """Gradio rewrites a cached result in place whenever another request makes the same bytes, and a client
+    downloading it at that moment got it truncated (the soak saw it once in 3,000 requests): every heatmap
+    answer now has its own file."""
+    from queue_protocol import QueueSession
+
+    paths = []
+    for _ in range(2):
+        session = QueueSession(server)
+        assert session.join("/explain", [session.upload(EXAMPLES / "rocket.jpg")])[0] == 200
+        session.listen()
+        label, heatmap = session.result()["output"]["data"]
+        assert label["label"] in EXPECTED["rocket.jpg"]
+        paths.append(heatmap["path"])
+    assert paths[0] != paths[1], paths

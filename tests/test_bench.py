@@ -88,3 +88,10 @@ def test_models_benchmark_runs(tmp_path):
         assert row["engine"] == "openvino-fp32" and row["ms_per_photo"] > 0 and row["estimate_mb"] > 0
     assert set(results["eviction"]) == {"budget_mb", "before_mb", "with_big_mb", "after_eviction_mb"}
     assert results["first_load_cost"]["during_load"]["requests"] >= 1
+
+
+def test_soak_benchmark_runs(tmp_path):
+    run("soak.py", tmp_path)
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["requests"] == 60 and sum(report["verdicts"].values()) == 60
+    assert set(report["targets"]) and report["cache"]["by_quarter"]

@@ -1,0 +1,455 @@
+"""The soak: thousands of mixed requests through the real server from concurrent clients, and what the server
+process does meanwhile (memory, open files, threads, Gradio's upload cache).
+
+Shared by tests/test_soak.py (a bounded run) and bench/soak.py (3,000 requests). The request mix is a list of
+`Request`s (`request_mix`); endpoints the server does not offer (read from its API info) are left out, so
+the mix can name endpoints before they exist.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import EXAMPLES, EXPECTED
+from hostile import corpus, encode
+from servers import ServedApp, folder_files, folder_usage, process_figures
+
+SETTLE_S = 45
+"""Longest wait, after the clients leave, for the server's connections to close: uvicorn closes idle
+keep-alive connections after 5 s, and notices a closed heartbeat stream at its next beat (15 s)."""
+PHOTO_SIDES = {"small": 160, "large": 2400}
+"""Good photos go as they are (about 450 px) and resized to these longest sides."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request in the mix."""
+
+    name: str
+    endpoint: str
+    arguments: Callable[[int, Path], list]
+    """(request number, a scratch folder) -> the endpoint's arguments."""
+    check: Callable[[Any], None]
+    """Raises AssertionError when the answer is wrong."""
+    error: str | None = None
+    """The request must fail with a message containing this."""
+    weight: int = 1
+    """How many times it appears in one pass over the mix."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A good photo and the answer the oracle gives for it, in this process."""
+
+    name: str
+    data: bytes
+    top: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    request: str
+    verdict: str
+    """ok, expected error, wrong answer or unexpected failure."""
+    seconds: float
+    detail: str = ""
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The same JPEG with a comment segment: the same pixels, a new file (Gradio keeps one copy of
+    identical uploads, so unique files are what make its cache grow, as real users' photos do)."""
+    body = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def good_photos(oracle) -> list[Photo]:
+    """The example photos as they are and resized (PHOTO_SIDES), each with the oracle's answer."""
+    photos = []
+    for path in sorted(EXAMPLES.glob("*.jpg")):
+        original = path.read_bytes()
+        variants = {path.stem: original}
+        image = Image.open(path).convert("RGB")
+        for size, side in PHOTO_SIDES.items():
+            scale = side / max(image.size)
+            resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+            variants[f"{path.stem}-{size}"] = encode(resized, "JPEG", quality=90)
+        for name, data in variants.items():
+            top, confidence = next(iter(oracle.predict(data).items()))
+            if name == path.stem:
+                assert top in EXPECTED[path.name], (name, top)  # the oracle itself is right
+            photos.append(Photo(f"{name}.jpg", data, top, confidence))
+    return photos
+
+
+def _confidences(label_value: dict) -> list[tuple[str, float]]:
+    """gradio_client's value of a gr.Label: [(label, confidence)], highest first."""
+    return [(entry["label"], entry["confidence"]) for entry in label_value["confidences"]]
+
+
+def _check_top5(label_value: dict) -> list[tuple[str, float]]:
+    top = _confidences(label_value)
+    assert len(top) == 5, top
+    assert [c for _, c in top] == sorted((c for _, c in top), reverse=True), top
+    assert all(0 <= c <= 1 for _, c in top), top
+    return top
+
+
+def _checks_photo(photo: Photo) -> Callable[[dict], None]:
+    def check(label_value: dict) -> None:
+        top = _check_top5(label_value)
+        assert top[0][0] == photo.top and abs(top[0][1] - photo.confidence) < 0.01, (photo.name, top[0])
+
+    return check
+
+
+def _checks_heatmap(photo: Photo) -> Callable[[tuple], None]:
+    def check(result: tuple) -> None:
+        label_value, heatmap = result
+        _checks_photo(photo)(label_value)
+        with Image.open(heatmap) as picture:
+            width, height = picture.size
+        assert max(width, height) <= 768 and min(width, height) > 0, (photo.name, picture.size)
+
+    return check
+
+
+def _file(name: str, data: bytes, unique: bool) -> Callable[[int, Path], list]:
+    def arguments(number: int, scratch: Path) -> list:
+        path = scratch / f"{number}-{name}"
+        path.write_bytes(with_comment(data, f"soak request {number}") if unique else data)
+        return [handle_file(str(path))]
+
+    return arguments
+
+
+def request_mix(photos: Sequence[Photo], endpoints: dict[str, dict], served_model: str) -> list[Request]:
+    """Every kind of request, for the endpoints the server offers (`endpoints`: its API info)."""
+    mix = [
+        Request(f"predict {p.name}", "/predict", _file(p.name, p.data, True), _checks_photo(p), weight=3)
+        for p in photos
+    ]
+    for case in corpus():
+        if case.error:
+            mix.append(
+                Request(
+                    f"hostile {case.name}",
+                    "/predict",
+                    _file(case.name, case.data, False),
+                    _no_answer,
+                    case.error,
+                )
+            )
+        else:
+            mix.append(
+                Request(
+                    f"hostile {case.name}",
+                    "/predict",
+                    _file(case.name, case.data, False),
+                    _checks_top1_in(case.expect_top),
+                )
+            )
+    mix += [
+        Request(f"explain {p.name}", "/explain", _file(p.name, p.data, True), _checks_heatmap(p), weight=2)
+        for p in photos
+        if "-" not in p.name  # as they are: the heatmap is the slow part, the size matters less
+    ]
+    for model in _choices(endpoints.get("/classify"), "model"):
+        for p in photos:
+            if "-" in p.name:
+                continue
+            check = _checks_photo(p) if model == served_model else _check_top5
+            mix.append(
+                Request(
+                    f"classify {model} {p.name}",
+                    "/classify",
+                    _with_argument(_file(p.name, p.data, True), model),
+                    check,
+                )
+            )
+    return [request for request in mix if request.endpoint in endpoints]
+
+
+def _no_answer(result: Any) -> None:
+    raise AssertionError(f"an answer where an error was expected: {result}")
+
+
+def _checks_top1_in(allowed: frozenset[str] | None) -> Callable[[dict], None]:
+    def check(label_value: dict) -> None:
+        top = _check_top5(label_value)
+        assert allowed is None or top[0][0] in allowed, top[0]
+
+    return check
+
+
+def _with_argument(arguments: Callable[[int, Path], list], value: Any) -> Callable[[int, Path], list]:
+    return lambda number, scratch: [*arguments(number, scratch), value]
+
+
+def _choices(endpoint: dict | None, parameter: str) -> list[str]:
+    """The values a parameter of an endpoint takes, from the API info (a dropdown's choices)."""
+    if endpoint is None:
+        return []
+    for info in endpoint.get("parameters", []):
+        if info.get("parameter_name") == parameter:
+            choices = (info.get("type") or {}).get("enum")
+            if choices:
+                return list(choices)
+            default = info.get("parameter_default")
+            return [default] if default is not None else []
+    return []
+
+
+def endpoints_of(url: str) -> dict[str, dict]:
+    """The server's named API endpoints and their parameters, from its API info."""
+    client = Client(url, verbose=False)
+    try:
+        return client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    finally:
+        client.close()
+
+
+def schedule(mix: Sequence[Request], count: int, seed: int = 0) -> list[Request]:
+    """`count` requests: passes over the mix (each kind `weight` times), each pass shuffled."""
+    one_pass = [request for request in mix for _ in range(request.weight)]
+    rng, order = random.Random(seed), []
+    while len(order) < count:
+        shuffled = one_pass[:]
+        rng.shuffle(shuffled)
+        order += shuffled
+    return order[:count]
+
+
+def run(
+    url: str,
+    order: Sequence[Request],
+    clients: int,
+    scratch: Path,
+    timeout: float = 120,
+    done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Send `order` from `clients` concurrent gradio_client sessions, each answer checked as it comes back
+    (and passed to `done`)."""
+    outcomes: list[Outcome | None] = [None] * len(order)
+
+    def one_client(index: int) -> None:
+        # gradio_client's uploads give up after 5 s by default: on a machine busy with other work that is the
+        # client's clock, not the server's failure. The wait for answers is `timeout`.
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": timeout})
+        try:
+            for number in range(index, len(order), clients):
+                outcomes[number] = _send(client, order[number], number, scratch, timeout)
+                if done:
+                    done(outcomes[number])
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [o or Outcome("?", "unexpected failure", 0.0, "the client thread died") for o in outcomes]
+
+
+def _send(client: Client, request: Request, number: int, scratch: Path, timeout: float) -> Outcome:
+    arguments = request.arguments(number, scratch)
+    started = time.monotonic()
+    try:
+        result = client.submit(*arguments, api_name=request.endpoint).result(timeout=timeout)
+    except AppError as e:
+        seconds = time.monotonic() - started
+        if request.error and request.error in str(e):
+            return Outcome(request.name, "expected error", seconds)
+        return Outcome(request.name, "unexpected failure", seconds, f"AppError: {e}")
+    except Exception as e:  # a timeout, a dropped connection: all counted
+        seconds = time.monotonic() - started
+        return Outcome(request.name, "unexpected failure", seconds, f"{type(e).__name__}: {e}")
+    finally:
+        for argument in arguments:
+            if isinstance(argument, dict) and "path" in argument:
+                Path(argument["path"]).unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    if request.error:
+        return Outcome(request.name, "wrong answer", seconds, f"an answer, not {request.error!r}: {result}")
+    try:
+        request.check(result)
+    except AssertionError as e:
+        return Outcome(request.name, "wrong answer", seconds, str(e))
+    return Outcome(request.name, "ok", seconds)
+
+
+class Monitor(threading.Thread):
+    """Samples the server process and Gradio's cache every `interval` seconds, until stopped."""
+
+    def __init__(self, served: ServedApp, ignore: set[str], interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.served, self.ignore, self.interval = served, ignore, interval
+        self.samples: list[dict] = []
+        self.completed = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def count(self, _: Outcome) -> None:
+        with self._lock:
+            self.completed += 1
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            figures = process_figures(self.served.pid)
+            cache = folder_usage(self.served.cache, self.ignore)
+            self.samples.append(
+                {"time": time.monotonic(), "completed": self.completed, **figures, "cache": cache}
+            )
+            self._stopping.wait(self.interval)
+
+    def stop(self) -> list[dict]:
+        self._stopping.set()
+        self.join()
+        return self.samples
+
+
+def settled_figures(pid: int, probe: Callable[[], Any] | None = None, quiet_s: float = 16) -> dict:
+    """The server's figures once its open files and threads stop changing (for `quiet_s`, at most SETTLE_S):
+    connections of clients that just left take seconds to close. Worker threads idle for 10 s end only when
+    the next request comes (anyio prunes them then): `probe` sends one after the quiet time."""
+    figures = process_figures(pid)
+    deadline, changed = time.monotonic() + SETTLE_S, time.monotonic()
+    while time.monotonic() - changed < quiet_s and time.monotonic() < deadline:
+        time.sleep(1)
+        latest = process_figures(pid)
+        if (latest["open_fds"], latest["threads"]) != (figures["open_fds"], figures["threads"]):
+            changed = time.monotonic()
+        figures = latest
+    if probe is not None:
+        probe()
+        figures = settled_figures(pid, quiet_s=3)
+    return figures
+
+
+def soak(
+    served: ServedApp,
+    oracle,
+    *,
+    requests: int,
+    clients: int,
+    warmup: int,
+    delete_cache: tuple[int, int],
+    scratch: Path,
+    served_model: str = "EfficientNet-Lite0",
+    seed: int = 0,
+) -> dict:
+    """Warm up, then `requests` mixed requests with the server watched, then wait for Gradio's cleanup.
+
+    Returns the figures: outcomes by verdict and endpoint, latencies, the server's memory, open files and
+    threads after the warm-up and at the end (both with no client connected), and its cache over time.
+    """
+    endpoints = endpoints_of(served.url)
+    mix = request_mix(good_photos(oracle), endpoints, served_model)
+    kept = folder_files(served.cache)  # the example photos Gradio keeps for the page, never deleted
+    warmup_outcomes = run(served.url, schedule(mix, warmup, seed + 1), clients, scratch)
+    warm = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))
+    order = schedule(mix, requests, seed)
+    monitor = Monitor(served, kept)
+    monitor.start()
+    started = time.monotonic()
+    outcomes = run(served.url, order, clients, scratch, done=monitor.count)
+    elapsed = time.monotonic() - started
+    samples = monitor.stop()
+    end = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))
+    every, older_than = delete_cache
+    time.sleep(every + older_than + 2)  # every upload is now older than `older_than`, and a cleanup ran
+    after_cleanup = folder_usage(served.cache, kept)
+
+    seconds = sorted(outcome.seconds for outcome in outcomes)
+    problems = [o for o in warmup_outcomes + outcomes if o.verdict in ("wrong answer", "unexpected failure")]
+    # Before the first file can be old enough to go, the cache grows by what each request leaves.
+    before_cleanup = [s for s in samples if s["time"] - started < older_than]
+    first_window = before_cleanup[-1] if before_cleanup else samples[0]
+    quarters = [samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] for q in (0.25, 0.5, 0.75, 1)]
+    return {
+        "requests": len(outcomes),
+        "clients": clients,
+        "warmup_requests": warmup,
+        "seconds": round(elapsed, 1),
+        "requests_per_second": round(len(outcomes) / elapsed, 2),
+        "endpoints": sorted(endpoints),
+        "endpoints_used": sorted({request.endpoint for request in mix}),
+        "kinds_of_request": len(mix),
+        "verdicts": dict(Counter(outcome.verdict for outcome in outcomes)),
+        "warmup_verdicts": dict(Counter(outcome.verdict for outcome in warmup_outcomes)),
+        "by_endpoint": {
+            endpoint: dict(
+                Counter(o.verdict for o, r in zip(outcomes, order, strict=True) if r.endpoint == endpoint)
+            )
+            for endpoint in sorted({r.endpoint for r in mix})
+        },
+        "problems": [o.__dict__ for o in problems[:20]],
+        "latency_s": {
+            "p50": round(statistics.median(seconds), 3),
+            "p95": round(seconds[int(0.95 * (len(seconds) - 1))], 3),
+            "max": round(seconds[-1], 3),
+        },
+        "warm": warm,
+        "end": end,
+        "rss_growth_percent": round(100 * (end["rss_mb"] / warm["rss_mb"] - 1), 2),
+        "rss_peak_mb": max(s["rss_mb"] for s in samples),
+        "rss_mb_by_quarter": [round(q["rss_mb"]) for q in quarters],
+        "open_fds_during": [min(s["open_fds"] for s in samples), max(s["open_fds"] for s in samples)],
+        "threads_during": [min(s["threads"] for s in samples), max(s["threads"] for s in samples)],
+        # Worker threads come and go with the load (idle ones end after 10 s): the most in each half.
+        "threads_most_by_half": [
+            max(s["threads"] for s in samples[: max(1, len(samples) // 2)]),
+            max(s["threads"] for s in samples[len(samples) // 2 :]),
+        ],
+        "cache": {
+            "delete_cache": list(delete_cache),
+            "kept_files": len(kept),
+            "bytes_per_request": round(first_window["cache"]["bytes"] / max(1, first_window["completed"])),
+            "by_quarter": [{"completed": q["completed"], **q["cache"]} for q in quarters],
+            "peak_bytes": max(s["cache"]["bytes"] for s in samples),
+            "oldest_file_during_s": max(
+                (s["cache"]["oldest_s"] for s in samples if s["cache"]["files"]), default=0
+            ),
+            "after_cleanup": after_cleanup,
+        },
+    }
+
+
+RSS_GROWTH_PERCENT = 5
+"""Most the server's resident memory may grow from the end of the warm-up to the end of the soak."""
+FLAT = 2
+"""Most open file descriptors or threads the server may gain, warm-up to end (both settled, no client)."""
+
+
+def targets(report: dict) -> dict[str, bool]:
+    """Each target of the soak, met or not."""
+    cache = report["cache"]
+    every, older_than = cache["delete_cache"]
+    both_phases = (report["warmup_verdicts"], report["verdicts"])
+    return {
+        "no unexpected failures": all(v.get("unexpected failure", 0) == 0 for v in both_phases),
+        "every answer right": all(v.get("wrong answer", 0) == 0 for v in both_phases),
+        f"RSS grows at most {RSS_GROWTH_PERCENT} % after the warm-up": (
+            report["rss_growth_percent"] <= RSS_GROWTH_PERCENT
+        ),
+        "open file descriptors flat": report["end"]["open_fds"] <= report["warm"]["open_fds"] + FLAT,
+        "threads flat": report["end"]["threads"] <= report["warm"]["threads"] + FLAT,
+        # The cleanup keeps up under load: no upload outlives its age by more than one cleanup period
+        # (and a few seconds of sampling), and after the load every one is gone.
+        "cache bounded by its cleanup": cache["oldest_file_during_s"] <= older_than + every + 3,
+        "cache emptied by its cleanup": cache["after_cleanup"]["files"] == 0,
+    }
