@@ -732,7 +732,8 @@ def launch_options(
     max_file_size: str = MAX_FILE_SIZE, delete_cache: tuple[float, float] = DELETE_CACHE
 ) -> dict:
     """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
-    limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than `delete_cache[1]`."""
+    limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than
+    `delete_cache[1]`."""
     return {
         "theme": THEME,
         "css": CSS,
