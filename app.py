@@ -8,6 +8,7 @@ python app.py --share              # plus a temporary public link
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from classifier import (
     Classifier,
     ImageError,
     ModelLoadError,
+    NonFiniteResultError,
     add_model_arguments,
     load_classifier,
 )
@@ -104,12 +106,16 @@ def build_demo(
             return classifier.predict(image, top_k=top_k)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+        except NonFiniteResultError as e:  # logged with the model and engine where it was raised
+            raise gr.Error(str(e), title="No answer", print_exception=False) from None
 
     def analyse(image: str) -> tuple[dict[str, float], ShownPhoto | None]:
         try:
             analysis = classifier.analyse(image, top_k=top_k)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+        except NonFiniteResultError as e:
+            raise gr.Error(str(e), title="No answer", print_exception=False) from None
         if analysis.heatmaps is None:
             return analysis.predictions, None
         display = analysis.image.copy()
@@ -211,6 +217,10 @@ def build_demo(
             )
             download = gr.DownloadButton("Download CSV", visible=False)
 
+        gr.Markdown(
+            f"Model: {model_name}. Engine: {classifier.engine_choice.describe()}.", elem_id="model-card"
+        )
+
         page_only = {"api_visibility": "private"}  # the page's own events; the API is below
         photo.change(show_photo, [photo, opacity], [bars, overlay, caption, shown], **page_only)
         bars.select(switch_heatmap, [shown, opacity], [overlay, caption, shown], **page_only)
@@ -258,6 +268,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    log = logging.getLogger("image_classifier")  # the engine choice, cache repairs: one line each
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler())
     try:
         classifier = load_classifier(
             args.model,
@@ -265,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             max_pixels=round(args.max_megapixels * 1e6),
             precision=args.precision,
+            engine=args.engine,
         )
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
