@@ -82,6 +82,48 @@ def test_explain_endpoint_gives_the_label_value_and_the_heatmap_picture(client):
         client.predict(None, api_name="/explain")
 
 
+def test_a_nan_answer_is_a_plain_error_on_the_api(labels, tmp_path):
+    """A model whose answer is NaN (a damaged model, an engine fault): the API says so, never shows NaN."""
+    import torch
+    from gradio_client import Client
+    from PIL import Image
+
+    from classifier import Classifier
+    from image_classifier.engines import NON_FINITE_MESSAGE
+
+    class NaNModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1000)
+
+        def forward(self, batch):
+            return self.linear(batch.mean(dim=(2, 3))) * float("nan")
+
+    demo = app.build_demo(Classifier(NaNModel(), labels, device="cpu", precision="exact"), examples=[])
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        photo = tmp_path / "photo.jpg"
+        Image.open(EXAMPLES / "cat.jpg").save(photo)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for endpoint in ("/predict", "/explain"):
+            with pytest.raises(AppError) as error:
+                client.predict(handle_file(str(photo)), api_name=endpoint)
+            assert NON_FINITE_MESSAGE in str(error.value) and "Traceback" not in str(error.value)
+    finally:
+        demo.close()
+
+
+def test_the_page_names_the_model_and_its_engine(oracle):
+    import gradio as gr
+
+    demo = app.build_demo(oracle, model_name="EfficientNet-Lite0")
+    texts = [c.value for c in demo.blocks.values() if isinstance(c, gr.Markdown)]
+    card = f"Model: EfficientNet-Lite0. Engine: {oracle.engine_choice.describe()}."
+    assert card in texts
+    assert oracle.engine_choice.how in ("tuned", "cached") and "keeps the answers" in card
+
+
 # --- python app.py ------------------------------------------------------------------------------
 
 
