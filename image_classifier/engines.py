@@ -62,7 +62,7 @@ probability of 0.5 is a gap change of 0.08, and a trained model's logits spread 
 MIN_SPEEDUP = 1.10
 """A reduced-precision engine is picked only where it is at least this much faster than the best fp32 one, so
 timing noise never trades exactness for nothing."""
-TIMING_BUDGET_S = 1.0
+TIMING_BUDGET_S = 0.5
 """Time the tuner spends timing (after WARMUP_CALLS per engine); at most MAX_ROUNDS rounds."""
 WARMUP_CALLS = 2
 MAX_ROUNDS = 15
