@@ -82,6 +82,16 @@ class ShownPhoto:
     """The class whose map is shown."""
 
 
+def display_size(image: Image.Image) -> Image.Image:
+    """`image` at most DISPLAY_SIDE on its longest side: what `thumbnail` gives, without first copying the
+    whole decoded photo (36 MB for a 12 MP one decoded whole)."""
+    scale = DISPLAY_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
 def heatmap_caption(label: str) -> str:
     return f"Where the model looked for “{label}”"
 
@@ -118,8 +128,7 @@ def build_demo(
             raise gr.Error(str(e), title="No answer", print_exception=False) from None
         if analysis.heatmaps is None:
             return analysis.predictions, None
-        display = analysis.image.copy()
-        display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+        display = display_size(analysis.image)
         maps = {label: analysis.heatmaps.cam(label) for label in analysis.predictions}
         top = next(iter(analysis.predictions))
         return analysis.predictions, ShownPhoto(display, maps, analysis.heatmaps.region, top)
