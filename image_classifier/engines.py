@@ -584,7 +584,7 @@ def _decision_path(key: str) -> Path:
     return cache_dir() / "decisions" / f"{key}.json"
 
 
-def _read_decision(key: str, candidates: Sequence[str]) -> dict | None:
+def _read_decision(key: str) -> dict | None:
     path = _decision_path(key)
     try:
         decision = json.loads(path.read_text(encoding="utf-8"))
@@ -593,7 +593,7 @@ def _read_decision(key: str, candidates: Sequence[str]) -> dict | None:
     except (OSError, ValueError) as e:
         logger.warning("The engine decision in %s is unreadable (%s): tuning again.", path, e)
         return None
-    if not isinstance(decision, dict) or decision.get("engine") not in candidates:
+    if not isinstance(decision, dict) or decision.get("engine") not in ENGINES:
         logger.warning("The engine decision in %s is not valid: tuning again.", path)
         return None
     return decision
@@ -664,14 +664,15 @@ def setup_engine(
     )
     key = hashlib.sha256(f"{key_text}|{','.join(candidates)}".encode()).hexdigest()[:32]
 
-    decision = _read_decision(key, candidates)
+    decision = _read_decision(key)  # a candidate, or a fallback (the reference, PyTorch for OpenVINO)
     if decision is not None:
         try:
             runner = _build(model, decision["engine"], example, digest, copy_model=False)
         except Exception as e:  # noqa: BLE001 (a cached decision whose engine fails here: tune again)
             logger.warning("The cached engine %s failed to start (%s): tuning again.", decision["engine"], e)
         else:
-            choice = EngineChoice(decision["engine"], "cached", machine, decision.get("timings_ms", {}))
+            how = "cached" if decision.get("how", "tuned") == "tuned" else "fallback"
+            choice = EngineChoice(decision["engine"], how, machine, decision.get("timings_ms", {}))
             logger.info(choice.log_line(name))
             return choice, runner
 
@@ -717,7 +718,7 @@ def setup_engine(
     report = {candidate: {"kept": kept[candidate], **_json_safe(vars(d))} for candidate, d in drift.items()}
     timings_ms = {candidate: round(ms, 2) for candidate, ms in timings.items()}
     choice = EngineChoice(chosen, how, machine, timings_ms, report, tuning_s)
-    decision = {"engine": chosen, "machine": machine, "timings_ms": timings_ms, "drift": report}
+    decision = {"engine": chosen, "how": how, "machine": machine, "timings_ms": timings_ms, "drift": report}
     _write_decision(
         key, {**decision, "tuning_seconds": round(tuning_s, 2), "created": time.strftime("%FT%T%z")}
     )

@@ -200,6 +200,22 @@ def test_an_engine_that_changes_the_answers_is_never_picked(cache, labels, resne
     assert "openvino-bf16 changed the answers" in caplog.text
 
 
+def test_when_no_engine_keeps_the_answers_the_reference_runs_and_that_is_remembered(
+    cache, labels, resnet18, monkeypatch, caplog
+):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(engines, "answer_drift", lambda reference, candidate: Drift(False, 1.0, 1.0))
+    with caplog.at_level(logging.WARNING, logger="image_classifier"):
+        first = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
+    assert first.engine == "torch-fp32" and first.engine_choice.how == "fallback"
+    assert warnings_in(caplog) == ["No engine kept resnet18's answers on the check photos: using torch-fp32."]
+    caplog.clear()
+    monkeypatch.setattr(engines, "answer_drift", lambda *a: pytest.fail("checked again"))
+    with caplog.at_level(logging.WARNING, logger="image_classifier"):
+        again = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
+    assert (again.engine, again.engine_choice.how, warnings_in(caplog)) == ("torch-fp32", "fallback", [])
+
+
 def test_forced_engines_and_exact(cache, labels, resnet18):
     exact = Classifier(copy.deepcopy(resnet18), labels, device="cpu", precision="exact")
     assert exact.engine == "torch-fp32" and exact.engine_choice.how == "exact"
