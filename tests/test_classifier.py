@@ -240,7 +240,7 @@ def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
 
 
 def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels, caplog):
-    def broken(model, example, digest, precisions):
+    def broken(*args):
         raise RuntimeError("unsupported operation")
 
     monkeypatch.setattr(engines, "openvino_runners", broken)
