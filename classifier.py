@@ -190,16 +190,23 @@ class Classifier:
         rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.decode(image)
         return self.transform(limit_aspect_ratio(rgb))
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W)."""
-        return self.forward_with_features(batch)[0]
+    def forward(self, batch: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+        """Class probabilities (N, classes) for a preprocessed batch (N, C, H, W).
 
-    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        `threads` caps the CPU threads of this pass on the OpenVINO engine (a model compiled for it on first
+        use); the PyTorch engines use their global thread pool. The Live tab runs its frames on one thread.
+        """
+        return self.forward_with_features(batch, threads=threads)[0]
+
+    def forward_with_features(
+        self, batch: torch.Tensor, *, threads: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w).
 
         Raises `NonFiniteResultError` where any image's logits or feature map hold NaN or infinity."""
         with torch.inference_mode():
-            outputs = self._run(batch.to(self.device))
+            batch = batch.to(self.device)
+            outputs = self._run(batch) if threads is None else self._run(batch, threads=threads)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
             check_finite(logits, features, model=self.name, engine=self.engine)
             return logits.float().softmax(dim=-1).cpu(), None if features is None else features.float().cpu()
@@ -210,24 +217,28 @@ class Classifier:
         values, indices = probabilities.topk(top_k)
         return {self.labels[i]: float(p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)}
 
-    def predict(self, image: ImageInput, top_k: int = 5) -> dict[str, float]:
-        """Label -> probability for the `top_k` most likely classes of `image`, highest first."""
-        return self.predict_batch([image], top_k)[0]
+    def predict(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> dict[str, float]:
+        """Label -> probability for the `top_k` most likely classes of `image`, highest first.
+        `threads` caps the forward pass's CPU threads (see `forward`)."""
+        return self.predict_batch([image], top_k, threads=threads)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], top_k: int = 5) -> list[dict[str, float]]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], top_k: int = 5, *, threads: int | None = None
+    ) -> list[dict[str, float]]:
         """`predict` for several images in one forward pass."""
         self._check_top_k(top_k)
         if not images:
             return []
         tensors = [self.preprocess(image) for image in images]
         batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: no copy
-        return [self.postprocess(p, top_k) for p in self.forward(batch)]
+        return [self.postprocess(p, top_k) for p in self.forward(batch, threads=threads)]
 
-    def analyse(self, image: ImageInput, top_k: int = 5) -> Analysis:
+    def analyse(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> Analysis:
         """`predict` and the heatmaps of every class, from one forward pass."""
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
-        probabilities, features = self.forward_with_features(self.preprocess(rgb).unsqueeze(0))
+        batch = self.preprocess(rgb).unsqueeze(0)
+        probabilities, features = self.forward_with_features(batch, threads=threads)
         heatmaps = None
         if features is not None:
             region = self.seen_region(rgb.size)

@@ -75,7 +75,9 @@ NON_FINITE_MESSAGE = (
 )
 
 logger = logging.getLogger(__name__)
-Runner = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, ...]"]
+Runner = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
+"""`run(batch, threads=None)`: the model's outputs for `batch`. `threads` caps the threads of that pass
+(OpenVINO compiles a model for it, once); PyTorch's engines use their global pool and ignore it."""
 
 
 class EngineUnavailable(ValueError):
@@ -314,7 +316,8 @@ def openvino_model(model: torch.nn.Module, example: torch.Tensor, digest: str):
 
 class OpenVINORunner:
     """An OpenVINO model compiled for the CPU at one inference precision, with a static-shape compile per
-    batch size (about 15 % faster than a dynamic batch). Thread-safe: an infer request per call."""
+    batch size (about 15 % faster than a dynamic batch) and per cap on threads (None: all cores).
+    Thread-safe: an infer request per call."""
 
     def __init__(self, graph, sample_shape: Sequence[int], precision: str) -> None:
         import openvino as ov
@@ -322,20 +325,25 @@ class OpenVINORunner:
         self.core, self.graph, self.sample_shape = ov.Core(), graph, list(sample_shape)
         # The precision is always explicit: on CPUs with bf16 OpenVINO would otherwise pick it by itself.
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled: dict[int, object] = {}
+        self._compiled: dict[tuple[int, int | None], object] = {}
         self._lock = threading.Lock()
         self.compiled_for(1)
 
-    def compiled_for(self, batch_size: int):
+    def compiled_for(self, batch_size: int, threads: int | None = None):
         with self._lock:
-            if batch_size not in self._compiled:
+            if (batch_size, threads) not in self._compiled:
                 static = self.graph.clone()
                 static.reshape([batch_size, *self.sample_shape])
-                self._compiled[batch_size] = self.core.compile_model(static, "CPU", self.config)
-            return self._compiled[batch_size]
+                config = dict(self.config)
+                if threads is not None:
+                    config["INFERENCE_NUM_THREADS"] = threads
+                self._compiled[batch_size, threads] = self.core.compile_model(static, "CPU", config)
+            return self._compiled[batch_size, threads]
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        request = self.compiled_for(batch.shape[0]).create_infer_request()
+    def __call__(
+        self, batch: torch.Tensor, threads: int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        request = self.compiled_for(batch.shape[0], threads).create_infer_request()
         results = request.infer([batch.numpy()])
         outputs = tuple(torch.from_numpy(results[i].copy()) for i in range(len(results)))
         return outputs if len(outputs) > 1 else outputs[0]
@@ -379,30 +387,29 @@ def openvino_runners(
 
 
 def torch_runner(model: torch.nn.Module, engine: str, *, copy_model: bool = False) -> Runner:
-    """`model` set up for a PyTorch engine: in place, or on a copy (the tuner keeps the reference intact)."""
+    """`model` set up for a PyTorch engine: in place, or on a copy (the tuner keeps the reference intact).
+    The runner takes `threads` like every other and ignores it (PyTorch's thread pool is global)."""
+    if engine not in ENGINES or engine.startswith("openvino"):
+        raise EngineUnavailable(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
     if engine == REFERENCE:
-        return model
+        return lambda batch, threads=None: model(batch)
     if copy_model:
         model = copy.deepcopy(model)
-    channels_last = engine.endswith("channels-last")
     if engine.startswith("torch-fp16"):
         model = model.half()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.channels_last if engine.endswith("channels-last") else torch.contiguous_format
+    model = model.to(memory_format=layout)
     if engine.startswith("torch-fp16"):
-        return lambda batch: model(batch.half().contiguous(memory_format=layout))
+        return lambda batch, threads=None: model(batch.half().contiguous(memory_format=layout))
     if engine.startswith("torch-bf16"):
         device_type = next(model.parameters()).device.type
 
-        def bf16(batch: torch.Tensor):
+        def bf16(batch: torch.Tensor, threads: int | None = None):
             with torch.autocast(device_type, dtype=torch.bfloat16):
                 return model(batch.contiguous(memory_format=layout))
 
         return bf16
-    if engine == "torch-fp32-channels-last":
-        return lambda batch: model(batch.contiguous(memory_format=layout))
-    raise EngineUnavailable(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    return lambda batch, threads=None: model(batch.contiguous(memory_format=layout))
 
 
 def prepare_engine(
@@ -674,7 +681,7 @@ def setup_engine(
         choice = EngineChoice(engine, "forced" if engine != REFERENCE or precision == "fast" else "exact")
         return choice, prepare_engine(model, engine, example.to(device))
     if precision == "exact":
-        return EngineChoice(REFERENCE, "exact"), model
+        return EngineChoice(REFERENCE, "exact"), torch_runner(model, REFERENCE)
 
     openvino = openvino_installed() and device.type == "cpu"
     candidates = candidate_engines(device, openvino=openvino, bf16=device.type == "cpu" and cpu_has_bf16())
@@ -714,7 +721,7 @@ def setup_engine(
             name,
             REFERENCE,
         )
-        return EngineChoice(REFERENCE, "fallback", machine), model
+        return EngineChoice(REFERENCE, "fallback", machine), torch_runner(model, REFERENCE)
     spent: dict[str, float] = {}
     runners = _build_candidates(model, candidates, example, digest, spent)
     with torch.inference_mode():
@@ -737,7 +744,7 @@ def setup_engine(
     how = "tuned"
     if chosen is None:
         logger.warning("No engine kept %s's answers on the check photos: using %s.", name, REFERENCE)
-        chosen, how, runner = REFERENCE, "fallback", model
+        chosen, how, runner = REFERENCE, "fallback", torch_runner(model, REFERENCE)
     elif chosen.startswith("openvino"):
         runner = runners[chosen]
     else:

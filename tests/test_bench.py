@@ -55,3 +55,24 @@ def test_heatmap_benchmark_runs(tmp_path):
     run("heatmaps.py", tmp_path)
     (row,) = json.loads((tmp_path / "heatmaps.json").read_text())["rows"]
     assert set(row["median_ms"]) == {"bars", "page", "explain"} and row["page_ratio"] > 0
+
+
+def test_upload_benchmark_runs(tmp_path):
+    run("upload.py", tmp_path)
+    results = json.loads((tmp_path / "upload.json").read_text())
+    for pages in results["timings"].values():
+        assert set(pages) == {"as it was", "resized", "no WebCodecs"}
+        (plain,), (resized,), (canvas,) = pages["as it was"], pages["resized"], pages["no WebCodecs"]
+        assert (
+            plain["body_bytes"] > results["photo"]["bytes"] > max(resized["body_bytes"], canvas["body_bytes"])
+        )
+    (row,) = results["fidelity"]
+    assert row["sent_bytes"] < row["original_bytes"]
+
+
+def test_live_benchmark_runs(tmp_path):
+    run("live.py", tmp_path)
+    results = json.loads((tmp_path / "live.json").read_text())
+    assert set(results) >= {"plain", "all_cores", "live", "photo"}
+    assert results["live"]["answered_per_s"] > 0 and results["live"]["rounds"][0]["step_ms"]["forward"] > 0
+    assert results["photo"]["idle_ms"] and results["photo"]["with_two_streams_ms"]

@@ -6,6 +6,8 @@ If Chromium is missing these tests fail loudly: .ci/run installs it.
 
 import base64
 import os
+import re
+import time
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -13,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
 from conftest import EXAMPLES, EXPECTED, ROOT
 from hostile import corpus
+from servers import free_port
 
 DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
 BARS = '[data-testid="label"] .confidence-set'
@@ -262,3 +265,121 @@ def test_many_photos_tab_gives_a_row_per_file_and_a_csv(page, tmp_path):
         page.get_by_role("button", name="Download CSV").click()
     lines = download.value.path().read_text().splitlines()
     assert lines[0].startswith("image,label_1,probability_1") and len(lines) == 5
+
+
+# --- live -------------------------------------------------------------------------------------------
+
+LIVE_CAMERA = "#live-camera"
+LIVE_BARS = "#live-bars .confidence-set"
+LIVE_READOUT = "#live-readout"
+
+
+def allow_webcam(page) -> None:
+    camera = page.locator(LIVE_CAMERA)
+    camera.get_by_role("button", name="Click to Access Webcam").click()
+    expect(camera.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
+    page.wait_for_timeout(500)  # let the fake camera produce frames
+
+
+def record_button(page):
+    """The streaming webcam's Record/Stop button: one button whose name says what it does now."""
+    return page.locator(LIVE_CAMERA).get_by_role("button", name=re.compile("^(Record|Stop)$"))
+
+
+def answered_frames(page) -> int:
+    """The readout's count of frames answered: '14.8 frames per second · ... · 312 frames answered'."""
+    readout = page.locator(LIVE_READOUT)
+    expect(readout).to_contain_text("frames answered", timeout=60_000)
+    return int(re.search(r"(\d+) frames answered", readout.inner_text())[1])
+
+
+def frames_per_second(page, seconds: float = 3.0) -> float:
+    """Answered frames per second as the page shows them, counted over `seconds`."""
+    before, start = answered_frames(page), time.monotonic()
+    page.wait_for_timeout(seconds * 1000)
+    return (answered_frames(page) - before) / (time.monotonic() - start)
+
+
+def test_live_tab_follows_the_webcam_stops_and_starts_again_while_photos_still_work(browser, page, server):
+    page.get_by_role("tab", name="Live").click()
+    allow_webcam(page)
+    record_button(page).click()
+    expect(page.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)
+    expect(record_button(page)).to_have_accessible_name("Stop")
+    expect(page.locator(LIVE_READOUT)).to_contain_text("frames per second")
+    expect(page.locator(LIVE_READOUT)).to_contain_text("ms per frame")
+    assert frames_per_second(page) > 1
+
+    other = browser.new_context(viewport={"width": 1200, "height": 900})  # another user, meanwhile
+    photo_page = other.new_page()
+    photo_page.goto(server)
+    photo_page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    assert_chart(read_chart(photo_page), EXPECTED["cat.jpg"])
+    other.close()
+    assert accessibility_violations(page) == []  # while streaming
+
+    record_button(page).click()  # Stop
+    expect(record_button(page)).to_have_accessible_name("Record", timeout=10_000)
+    page.wait_for_timeout(1000)  # a frame in flight may still be answered
+    stopped = answered_frames(page)
+    page.wait_for_timeout(1500)
+    assert answered_frames(page) == stopped
+
+    record_button(page).click()  # and again
+    expect(record_button(page)).to_have_accessible_name("Stop", timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert frames_per_second(page) > 1
+
+
+def test_keyboard_alone_starts_and_stops_the_live_stream(page):
+    def tab_to(description: str, is_it: str) -> None:
+        for _ in range(30):
+            page.keyboard.press("Tab")
+            if page.evaluate(f"(e => !!e && ({is_it}))(document.activeElement)"):
+                return
+        raise AssertionError(f"Tab never reached {description}")
+
+    tab_to("the Live tab", "e.getAttribute('role') === 'tab' && e.textContent.trim() === 'Live'")
+    page.keyboard.press("Enter")
+    expect(page.locator(LIVE_CAMERA)).to_be_visible()
+    tab_to("the webcam button", "e.textContent.includes('Click to Access Webcam')")
+    page.keyboard.press("Enter")
+    expect(page.locator(LIVE_CAMERA).locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
+    page.wait_for_timeout(500)
+    tab_to("Record", "e.getAttribute('aria-label') === 'Record'")
+    page.keyboard.press("Enter")
+    expect(page.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)
+    expect(record_button(page)).to_have_accessible_name("Stop")
+    page.keyboard.press("Enter")  # the same button stops it
+    expect(record_button(page)).to_have_accessible_name("Record", timeout=10_000)
+
+
+def test_streams_beyond_max_streams_wait_and_take_turns_after_the_time_limit(browser, oracle):
+    import app
+
+    demo = app.build_demo(oracle, live_time_limit=6, max_streams=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    pages = []
+    try:
+        for _ in range(2):
+            context = browser.new_context(viewport={"width": 1200, "height": 900})
+            context.grant_permissions(["camera"], origin=url.rstrip("/"))
+            page = context.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Live").click()
+            allow_webcam(page)
+            pages.append(page)
+        first, second = pages
+        record_button(first).click()
+        expect(first.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)
+        record_button(second).click()
+        waiting = second.locator(LIVE_CAMERA).get_by_role("button", name="Waiting")
+        expect(waiting).to_be_visible()  # one stream at a time: the second waits
+        expect(second.locator(LIVE_BARS)).to_have_count(5, timeout=30_000)  # its turn, after the first's 6 s
+        expect(first.locator(LIVE_CAMERA).get_by_role("button", name="Waiting")).to_be_visible(timeout=10_000)
+    finally:
+        for page in pages:
+            page.context.close()
+        demo.close()

@@ -1,0 +1,187 @@
+// Shrinks photos in the browser before the page uploads them: plain JavaScript, no build step.
+//
+// Every upload on a Gradio page (a chosen, dropped or pasted file, a webcam snapshot, a multi-file
+// button) ends in one request: Gradio's client POSTs a FormData of "files" to <root>/gradio_api/upload
+// through the global fetch. This wraps fetch and, for that request only, replaces each JPEG, PNG or WebP
+// photo by a copy that is upright (EXIF orientation applied), at most `maxSide` pixels on its long side,
+// re-encoded as JPEG and carrying no metadata (no EXIF, no GPS). The file keeps its name. Anything else,
+// a photo the browser cannot decode or one over the server's pixel limit, and any failure, goes as it
+// was: the server still decodes, checks and explains every upload. Live webcam streams (frames sent
+// as data URLs with each event) never come through here.
+//
+// app.py runs it once per page load with the page's settings: (settings) => installs the wrapper.
+(settings) => {
+  if (window.imageClassifierUploads) return; // installed already
+  const { maxSide, maxPixels, quality = 0.9 } = settings;
+  const sendAsIs = window.fetch;
+
+  function isUpload(input, init) {
+    if (!init || !(init.body instanceof FormData) || String(init.method).toUpperCase() !== "POST") {
+      return false;
+    }
+    const url = new URL(input instanceof Request ? input.url : String(input), window.location.href);
+    return url.pathname.endsWith("/gradio_api/upload");
+  }
+
+  // JPEG, PNG or WebP (what cameras, phones, clipboards and webcams give, and where EXIF lives), from
+  // the first bytes: pasted pictures and webcam snapshots come without a type.
+  async function photoType(file) {
+    const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+    const ascii = (start, end) => String.fromCharCode(...head.subarray(start, end));
+    if (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) return "image/jpeg";
+    if (ascii(0, 8) === "\x89PNG\r\n\x1a\n") return "image/png";
+    if (ascii(0, 4) === "RIFF" && ascii(8, 12) === "WEBP") return "image/webp";
+    return null;
+  }
+
+  // Width and height as a person sees the photo (EXIF orientation applied), from the header alone:
+  // an <img> does not decode its pixels until it is drawn.
+  async function uprightSize(file) {
+    const url = URL.createObjectURL(file);
+    try {
+      const image = new Image();
+      await new Promise((resolve, reject) => {
+        image.onload = resolve;
+        image.onerror = () => reject(new Error("the browser cannot read this image"));
+        image.src = url;
+      });
+      return [image.naturalWidth, image.naturalHeight];
+    } finally {
+      URL.revokeObjectURL(url);
+    }
+  }
+
+  // A JPEG can be decoded straight to a fraction n/8 of its size, in the DCT domain (a proper filter, as
+  // the server's own JPEG decoding does it): much less work than decoding 12 MP and shrinking that.
+  // WebCodecs' ImageDecoder does it when asked for a smaller size (it picks n from the area asked for).
+  // Used only where its frames carry the EXIF rotation (VideoFrame.rotation): createImageBitmap applies it.
+  const scaledJpeg =
+    typeof ImageDecoder === "function" &&
+    typeof VideoFrame === "function" &&
+    "rotation" in VideoFrame.prototype;
+
+  async function decodeJpegScaled(file, [fullWidth, fullHeight], width) {
+    // The largest n/8 not over `width` where it loses under a tenth of it (a 4032 px photo: 1008 px,
+    // sent as it comes), else the smallest n/8 over it (shrunk the rest of the way after).
+    const under = Math.floor((8 * width) / fullWidth);
+    const eighths = under >= 1 && under * fullWidth >= 7.2 * width ? under : under + 1;
+    const decoder = new ImageDecoder({
+      data: file.stream(),
+      type: "image/jpeg",
+      desiredWidth: Math.ceil((fullWidth * (eighths + 0.5)) / 8), // between n/8 and (n+1)/8: gives n/8
+      desiredHeight: Math.ceil((fullHeight * (eighths + 0.5)) / 8),
+    });
+    try {
+      const { image } = await decoder.decode();
+      try {
+        return await createImageBitmap(image);
+      } finally {
+        image.close();
+      }
+    } finally {
+      decoder.close();
+    }
+  }
+
+  function canvas(width, height) {
+    if (typeof OffscreenCanvas !== "undefined") return new OffscreenCanvas(width, height);
+    return Object.assign(document.createElement("canvas"), { width, height });
+  }
+
+  function draw(source, width, height, { quality, background }) {
+    const target = canvas(width, height);
+    const context = target.getContext("2d");
+    if (background) {
+      context.fillStyle = background;
+      context.fillRect(0, 0, width, height);
+    }
+    context.imageSmoothingEnabled = true;
+    context.imageSmoothingQuality = quality;
+    context.drawImage(source, 0, 0, width, height);
+    return target;
+  }
+
+  // Halving while the photo is over twice the size (bilinear filtering at exactly half size averages
+  // each 2×2 block: area averaging), then one step with the browser's high-quality resampler, onto
+  // white as the server composites transparency. One big nearest-neighbour or bilinear step would
+  // alias fine detail instead.
+  function resample(bitmap, width, height) {
+    let source = bitmap;
+    let [w, h] = [bitmap.width, bitmap.height];
+    while (w >= 2 * width && h >= 2 * height) {
+      [w, h] = [Math.floor(w / 2), Math.floor(h / 2)];
+      source = draw(source, w, h, { quality: "low" });
+    }
+    return draw(source, width, height, { quality: "high", background: "#fff" });
+  }
+
+  async function encode(picture) {
+    const blob = picture.convertToBlob
+      ? await picture.convertToBlob({ type: "image/jpeg", quality })
+      : await new Promise((resolve) => picture.toBlob(resolve, "image/jpeg", quality));
+    if (!blob || blob.type !== "image/jpeg") throw new Error("this browser cannot encode JPEG");
+    return blob;
+  }
+
+  // The photo to send instead of `file`, or `file` itself where it should go as it is.
+  async function shrink(file) {
+    const type = await photoType(file);
+    if (!type) return file;
+    const size = await uprightSize(file);
+    const [fullWidth, fullHeight] = size;
+    if (fullWidth * fullHeight > maxPixels) return file; // the server says why it refuses it
+    const scale = Math.min(1, maxSide / Math.max(fullWidth, fullHeight));
+    const width = Math.max(1, Math.round(fullWidth * scale));
+    const height = Math.max(1, Math.round(fullHeight * scale));
+    const bitmap =
+      type === "image/jpeg" && scaledJpeg && scale <= 0.5
+        ? await decodeJpegScaled(file, size, width)
+        : await createImageBitmap(file, { imageOrientation: "from-image" });
+    try {
+      if (Math.sign(bitmap.width - bitmap.height) !== Math.sign(fullWidth - fullHeight)) {
+        throw new Error("the decoded photo is not upright"); // never send a photo on its side
+      }
+      const [w, h] = bitmap.width < width ? [bitmap.width, bitmap.height] : [width, height]; // never enlarge
+      const blob = await encode(resample(bitmap, w, h));
+      return new File([blob], file.name, { type: blob.type, lastModified: file.lastModified });
+    } finally {
+      bitmap.close();
+    }
+  }
+
+  function withinSeconds(seconds, promise) {
+    const late = new Promise((_, reject) =>
+      setTimeout(() => reject(new Error(`no result in ${seconds} s`)), seconds * 1000),
+    );
+    return Promise.race([promise, late]);
+  }
+
+  async function shrinkAll(form) {
+    const shrunk = new FormData();
+    for (const [name, value] of form.entries()) {
+      if (!(value instanceof File)) {
+        shrunk.append(name, value);
+        continue;
+      }
+      let file = value;
+      try {
+        // One at a time (a 12 MP photo takes ~50 MB while decoded); a stuck decoder sends the original.
+        file = await withinSeconds(30, shrink(value));
+      } catch (error) {
+        console.warn(`Uploading ${value.name} as it is:`, error);
+      }
+      shrunk.append(name, file, file.name);
+    }
+    return shrunk;
+  }
+
+  window.fetch = async function (input, init) {
+    try {
+      if (isUpload(input, init)) init = { ...init, body: await shrinkAll(init.body) };
+    } catch (error) {
+      console.warn("Uploading the files as they are:", error);
+    }
+    return sendAsIs(input, init);
+  };
+  window.imageClassifierUploads = { maxSide, maxPixels, quality, shrink };
+}

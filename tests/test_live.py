@@ -1,0 +1,209 @@
+"""The Live tab's frame step on its own: whatever frames come, in whatever order, the stream goes on."""
+
+import base64
+import io
+import threading
+import time
+
+import gradio as gr
+import pytest
+from gradio.data_classes import ImageData
+from PIL import Image
+
+import app
+from conftest import EXAMPLES
+from image_classifier.live import FrameAnswer, LiveFigures, PhotosFirst, answer_frame
+
+
+def encoded(width: int, height: int, mode: str = "RGB", format: str = "JPEG") -> bytes:
+    """A frame as the browser sends it: a crop of a real photo, encoded."""
+    photo = Image.open(EXAMPLES / "cat.jpg").convert(mode).resize((width, height))
+    buffer = io.BytesIO()
+    photo.save(buffer, format)
+    return buffer.getvalue()
+
+
+def assert_answer(answer: FrameAnswer | None) -> None:
+    assert answer is not None
+    probabilities = list(answer.predictions.values())
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert 0 < probabilities[0] <= 1 and answer.model_ms > 0
+
+
+def test_a_missing_frame_is_skipped(random_densenet):
+    assert answer_frame(random_densenet, None) is None  # Gradio can send None (gradio-app/gradio#9837)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 1), (7, 5)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_tiny_frames_are_answered(random_densenet, size):
+    assert_answer(answer_frame(random_densenet, encoded(*size)))
+
+
+def test_frames_change_size_and_kind_mid_stream(random_densenet):
+    frames = [
+        encoded(320, 240),
+        encoded(640, 480),
+        encoded(240, 320),  # the phone turned
+        encoded(1, 1),
+        encoded(1280, 720),
+        encoded(320, 240, mode="L"),
+        encoded(200, 150, mode="RGBA", format="PNG"),
+        Image.open(EXAMPLES / "coffee.jpg"),  # a PIL image works too
+    ]
+    for frame in frames:
+        assert_answer(answer_frame(random_densenet, frame))
+
+
+@pytest.mark.parametrize("frame", [b"", b"not a jpeg", encoded(320, 240)[:300]], ids=["empty", "text", "cut"])
+def test_unreadable_frames_are_skipped(random_densenet, frame):
+    assert answer_frame(random_densenet, frame) is None
+
+
+def test_the_figures_count_frames_per_second_and_update_the_readout_twice_a_second():
+    now = [100.0]
+    figures = LiveFigures(clock=lambda: now[0])
+    assert figures.readout() is None  # nothing answered yet
+    readouts = []
+    for frame in range(60):  # 20 frames a second for 3 s, the model taking 30 then 40 ms
+        now[0] = 100.0 + frame * 0.05
+        figures.record(FrameAnswer({"tabby": 0.5}, 30.0 if frame < 30 else 40.0))
+        readouts.append(figures.readout())
+    assert figures.frames == 60
+    assert figures.frames_per_second == pytest.approx(20.0)
+    shown = [text for text in readouts if text is not None]
+    assert len(shown) == 6  # at 0, 0.5, 1, ... 2.5 s
+    assert shown[-1].startswith("20.0 frames per second")
+    assert "the model takes 40 ms per frame" in shown[-1] and "51 frames answered" in shown[-1]  # at 2.5 s
+
+
+def run_in_thread(target) -> threading.Thread:
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
+def test_a_frame_gives_way_to_a_photo_and_is_dropped():
+    photos_first = PhotosFirst(live_slots=1, grace=0.05)
+    with photos_first.frame() as fresh:
+        assert fresh  # no photo: at once
+    photo_started = threading.Event()
+
+    def photo():
+        with photos_first.photo():
+            photo_started.set()
+            time.sleep(0.3)
+
+    thread = run_in_thread(photo)
+    photo_started.wait()
+    begin = time.monotonic()
+    with photos_first.frame() as fresh:
+        waited = time.monotonic() - begin
+    thread.join()
+    assert not fresh and waited >= 0.3  # the photo's time, and the grace after it
+
+
+def test_photos_keep_every_core_unless_streams_run():
+    photos_first = PhotosFirst(live_slots=1)
+    with photos_first.photo() as threads:
+        assert threads is None  # no stream: the photo's forward pass takes every core
+    with photos_first.frame():
+        pass
+    with photos_first.photo() as threads:
+        assert threads == photos_first.photo_threads_while_streaming >= 1
+
+
+def test_live_frames_take_turns_on_their_slots():
+    photos_first = PhotosFirst(live_slots=1)
+    inside = threading.Event()
+    order = []
+
+    def first_frame():
+        with photos_first.frame() as fresh:
+            inside.set()
+            time.sleep(0.2)
+            order.append(("first", fresh))
+
+    thread = run_in_thread(first_frame)
+    inside.wait()
+    with photos_first.frame() as fresh:
+        order.append(("second", fresh))
+    thread.join()
+    assert order == [("first", True), ("second", True)]  # waited its turn, still fresh
+
+
+def test_a_flow_of_photos_slows_the_stream_down_without_stopping_it():
+    photos_first = PhotosFirst(live_slots=1, max_wait=0.2)
+    photo_started, done = threading.Event(), threading.Event()
+
+    def long_photo():
+        with photos_first.photo():
+            photo_started.set()
+            done.wait(5)
+
+    thread = run_in_thread(long_photo)
+    photo_started.wait()
+    begin = time.monotonic()
+    with photos_first.frame() as fresh:
+        waited = time.monotonic() - begin
+    done.set()
+    thread.join()
+    assert fresh and 0.2 <= waited < 2
+
+
+# --- the Gradio side -------------------------------------------------------------------------------
+
+
+def frame_payload(data: bytes) -> ImageData:
+    return ImageData(url="data:image/jpeg;base64," + base64.b64encode(data).decode())
+
+
+def test_webcam_frames_hand_the_function_the_jpeg_bytes():
+    camera = app.WebcamFrames(sources=["webcam"], streaming=True)
+    jpeg = encoded(32, 24)
+    assert camera.preprocess(frame_payload(jpeg)) == jpeg
+    assert camera.preprocess(None) is None
+    assert camera.preprocess(ImageData(url="data:image/jpeg;base64,@@not base64@@")) is None
+    assert camera.preprocess(ImageData(url="https://example.com/frame.jpg")) is None
+
+
+def test_the_stream_function_takes_missing_tiny_resized_and_broken_frames(random_densenet):
+    demo = app.build_demo(random_densenet)
+    (step,) = [block_fn.fn for block_fn in demo.fns.values() if block_fn.name == "classify_frame"]
+    figures = LiveFigures()
+    frames = [None, encoded(1, 1), encoded(320, 240), None, encoded(640, 480), b"garbage", encoded(240, 320)]
+    for frame in frames:
+        bars, readout = step(frame, figures)
+        if frame is None or frame == b"garbage":
+            assert bars == gr.skip() and readout == gr.skip()
+        else:
+            assert len(bars) == 5
+    assert figures.frames == 4
+
+
+def test_the_live_tab_streams_the_webcam_within_its_limits(random_densenet):
+    demo = app.build_demo(random_densenet, live_time_limit=30, max_streams=3)
+    (camera,) = [block for block in demo.blocks.values() if isinstance(block, app.WebcamFrames)]
+    assert camera.streaming and camera.sources == ["webcam"]
+    assert camera.webcam_options.constraints == app.LIVE_CAMERA
+    (stream,) = [block_fn for block_fn in demo.fns.values() if block_fn.name == "classify_frame"]
+    assert stream.connection == "stream" and stream.time_limit == 30 and stream.concurrency_limit == 3
+    assert stream.stream_every == app.LIVE_STREAM_EVERY and stream.show_progress == "hidden"
+    assert (
+        stream.concurrency_id != next(f for f in demo.fns.values() if f.name == "show_photo").concurrency_id
+    )
+
+
+def test_max_streams_and_the_time_limit_come_from_the_command_line(monkeypatch, random_densenet):
+    seen = {}
+
+    class Demo:
+        def launch(self, **options):
+            seen["launched"] = True
+
+    monkeypatch.setattr(app, "load_classifier", lambda *args, **kwargs: random_densenet)
+    monkeypatch.setattr(app, "build_demo", lambda classifier, **options: seen.update(options) or Demo())
+    assert app.main(["--max-streams", "4", "--live-time-limit", "30"]) == 0
+    assert seen["max_streams"] == 4 and seen["live_time_limit"] == 30 and seen["launched"]
+    assert app.parse_args([]).max_streams == app.MAX_STREAMS
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-streams", "0"])
