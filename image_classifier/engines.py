@@ -739,6 +739,16 @@ def setup_engine(
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         timings = time_engines(usable, example.to(device), synchronize=sync)
         chosen = choose_engine(timings, kept)
+        full = [engine for engine in timings if "fp32" in engine]
+        if chosen is not None and "fp32" not in chosen and full:
+            # Before trading exactness for speed, time the two again: a burst of load on a shared machine
+            # must not pass for a faster engine.
+            best_full = min(full, key=timings.__getitem__)
+            again = time_engines(
+                {e: usable[e] for e in (best_full, chosen)}, example.to(device), synchronize=sync
+            )
+            if choose_engine(again, kept) != chosen:
+                chosen = best_full
     else:
         chosen = next(iter(usable), None)  # nothing to time
     how = "tuned"
