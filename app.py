@@ -36,6 +36,7 @@ from classifier import (
     ModelLoadError,
     ModelNotOffered,
     ModelSet,
+    NonFiniteResultError,
     add_model_arguments,
     cached_weights_path,
     classification_models,
@@ -108,12 +109,6 @@ MANY_MODELS = (
     "side in the Compare tab."
 )
 NO_PHOTO = "Add a photo first: upload, paste or take one with the webcam."
-ENGINE_NAMES = {
-    "openvino-fp32": "OpenVINO, fp32",
-    "torch-fp32": "PyTorch, fp32",
-    "torch-fp32-channels-last": "PyTorch, fp32 channels-last",
-    "torch-fp16-channels-last": "PyTorch, fp16 on the GPU",
-}
 CSS = ".toast-message-text { white-space: pre-line; }"
 """Error messages keep their line breaks (a failed load lists its ways out one per line)."""
 # Gradio's default theme with a blue accent and darker secondary text: every text passes WCAG AA contrast.
@@ -194,6 +189,16 @@ class ShownPhoto:
             self.source = None  # the feature map is not kept with the session
 
 
+def display_size(image: Image.Image) -> Image.Image:
+    """`image` at most DISPLAY_SIDE on its longest side: what `thumbnail` gives, without first copying the
+    whole decoded photo (36 MB for a 12 MP one decoded whole)."""
+    scale = DISPLAY_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
 def heatmap_caption(label: str, model: str = "the model") -> str:
     return f"Where {model} looked for “{label}”"
 
@@ -236,10 +241,11 @@ def analyse(
         analysis = classifier.analyse(image, top_k=top_k, threads=threads)
     except ImageError as e:
         raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+    except NonFiniteResultError as e:  # logged with the model and engine where it was raised
+        raise gr.Error(str(e), title="No answer", print_exception=False) from None
     if analysis.heatmaps is None:
         return analysis.predictions, None
-    display = analysis.image.copy()
-    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+    display = display_size(analysis.image)
     labels = list(analysis.predictions)
     shown = ShownPhoto(display, analysis.heatmaps.region, labels[0], labels, analysis.heatmaps)
     if not analysis.heatmaps.needs_gradient:
@@ -289,8 +295,8 @@ def model_card(models: ModelSet[Classifier], name: str) -> str:
             download = f" (first, a {model_facts(name).file_mb:.0f} MB download)"
         lines.append(f"- On this machine: measured once it has loaded{download}.")
     elif loaded.ms_per_photo is not None:
-        engine = ENGINE_NAMES.get(loaded.model.engine, loaded.model.engine)
-        lines.append(f"- On this machine: **{loaded.ms_per_photo:.0f} ms per photo** ({engine})")
+        engine = loaded.model.engine_choice.describe()
+        lines.append(f"- On this machine: **{loaded.ms_per_photo:.0f} ms per photo** on {engine}")
     return "\n".join(lines)
 
 
@@ -351,7 +357,12 @@ def live_tab(
         figures = gr.State(LiveFigures())  # one per browser tab
 
     def classify_frame(frame: bytes | None, figures: LiveFigures, name: str):
-        answer = answer_frame(classifier_named(models, name), frame, top_k=top_k, photos_first=photos_first)
+        try:
+            answer = answer_frame(
+                classifier_named(models, name), frame, top_k=top_k, photos_first=photos_first
+            )
+        except NonFiniteResultError as e:  # the stream stops with the reason, once, not a NaN per frame
+            raise gr.Error(str(e), title="No answer", print_exception=False) from None
         if answer is None:
             return gr.skip(), gr.skip()
         figures.record(answer)
@@ -418,6 +429,8 @@ def build_demo(
                 return classifier.predict(image, top_k=top_k, threads=threads)
         except ImageError as e:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
+        except NonFiniteResultError as e:  # logged with the model and engine where it was raised
+            raise gr.Error(str(e), title="No answer", print_exception=False) from None
 
     def predict(image: str | None) -> dict[str, float]:
         """`/predict`: the default model's top classes."""
@@ -867,6 +880,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    log = logging.getLogger("image_classifier")  # the engine choice, cache repairs: one line each
+    log.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler())
     try:
         models = classifier_set(
             args.models,
@@ -876,6 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_pixels=round(args.max_megapixels * 1e6),
             precision=args.precision,
             memory_mb=args.model_memory,
+            engine=args.engine,
         )
         models.load_default()  # fail now, in words, rather than on the first request
     except (ModelLoadError, ValueError) as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 import json
 import os
@@ -49,12 +50,18 @@ from image_classifier.decoding import (
     load_image,
 )
 from image_classifier.engines import (
+    ENGINES,
     MEMORY_PER_MODEL_MB,
     MEMORY_PER_WEIGHT,
     PRECISIONS,
-    prepare_engine,
+    EngineChoice,
+    EngineUnavailable,
+    FidelityCheck,
+    NonFiniteResultError,
+    check_finite,
     resolve_device,
     select_engine,
+    setup_engine,
 )
 from image_classifier.heatmaps import (
     CamLayers,
@@ -69,7 +76,7 @@ from image_classifier.heatmaps import (
 )
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
 from image_classifier.model_set import DEFAULT_MODEL_MEMORY_MB, ModelNotOffered, ModelSet
-from image_classifier.preprocessing import FusedEvalTransform, default_transform, seen_region
+from image_classifier.preprocessing import FusedEvalTransform, default_transform, draft_side, seen_region
 
 __all__ = [
     "DEFAULT_LABELS_PATH",
@@ -77,10 +84,14 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_MODELS",
     "DEFAULT_MODEL_MEMORY_MB",
+    "ENGINES",
+    "EXAMPLE_PHOTOS",
     "PRECISIONS",
     "Analysis",
     "CamLayers",
     "Classifier",
+    "EngineChoice",
+    "EngineUnavailable",
     "FusedEvalTransform",
     "GradCamLayer",
     "ImageError",
@@ -90,6 +101,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotOffered",
     "ModelSet",
+    "NonFiniteResultError",
     "add_model_arguments",
     "cached_weights_path",
     "classification_models",
@@ -107,15 +119,21 @@ __all__ = [
     "select_engine",
 ]
 
+EXAMPLE_PHOTOS = sorted(Path(__file__).resolve().with_name("examples").glob("*.jpg"))
+"""The bundled example photos: the page shows them, and the engine tuner checks answers on them."""
+
 
 class Classifier:
     """Wraps a model mapping an (N, 3, H, W) float batch to (N, classes) logits.
 
     `transform` maps an RGB PIL image to a CHW float tensor (default: `default_transform()`).
-    `precision="fast"` picks the quickest engine that keeps the answers (`select_engine`) and fuses a
-    torchvision preset transform; `"exact"` runs the model and transform as given, in fp32 PyTorch.
+    `precision="exact"` is the reference: full decoding, the transform as given and fp32 PyTorch.
+    `precision="fast"` decodes large JPEGs at a reduced scale (`draft_side`), fuses a torchvision preset
+    transform and runs the fastest engine on this machine that keeps the answers: timed at the first start
+    (`setup_engine`, checked on `check_images`, by default the bundled examples), cached for later ones.
+    `engine` forces an engine by name (see ENGINES), for benchmarks; `engine_choice` says what runs and why.
     Prediction runs in three small steps: `preprocess` (image -> tensor), `forward` (tensors only)
-    and `postprocess` (probabilities -> label dict).
+    and `postprocess` (probabilities -> label dict). A non-finite result raises `NonFiniteResultError`.
 
     Heatmaps (`analyse`, `explain`): the engine returns the last feature map beside the logits; the maps
     are class activation maps where the head is pooling + one linear layer (`cam_layers`, found for
@@ -134,16 +152,23 @@ class Classifier:
         precision: str = "fast",
         cam_layers: CamLayers | None = None,
         gradcam_layer: GradCamLayer | None = None,
+        engine: str | None = None,
+        name: str | None = None,
+        check_images: Sequence[ImageInput] | None = None,
     ) -> None:
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be unique, or the label -> probability dict merges classes")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
+        self.name = name or type(model).__name__
         self.labels = list(labels)
-        self.transform = transform or default_transform()
+        self.precision = precision
+        self.reference_transform = transform or default_transform()
+        self.transform = self.reference_transform
         self.max_pixels = max_pixels
-        resize = getattr(self.transform, "resize_size", None)  # torchvision presets tell their size
-        self._decode_side = resize[0] if isinstance(resize, (list, tuple)) and resize else None
+        self._decode_side = draft_side(self.transform) if precision == "fast" else None
         if precision == "fast" and FusedEvalTransform.fits(self.transform):
             self.transform = FusedEvalTransform(self.transform)
         self.label_index = {label: i for i, label in enumerate(self.labels)}
@@ -161,9 +186,37 @@ class Classifier:
         elif self.gradcam_layer is not None:
             runnable = WithFeatureMap(self.model, self.gradcam_layer.features)
         example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
-        self.engine, self._run = prepare_engine(runnable, select_engine(self.device, precision), example)
+        check = None
+        if precision == "fast" and engine is None:
+            check = self._fidelity_check(EXAMPLE_PHOTOS if check_images is None else check_images)
+        self.engine_choice, self._run = setup_engine(
+            runnable, self.device, example, precision=precision, engine=engine, check=check, name=self.name
+        )
+        self.engine = self.engine_choice.engine
         # After the engine: Grad-CAM runs the tail as the engine left the model (fp16 on CUDA, for one).
         self._gradcam = GradCam(self.model, self.gradcam_layer) if self.gradcam_layer else None
+
+    def _fidelity_check(self, photos: Sequence[ImageInput]) -> FidelityCheck | None:
+        """The tuner's check: `photos` through the reference's preprocessing and through this classifier's."""
+        photos = list(photos)
+        if not photos:
+            return None
+        preprocessing = f"{self.reference_transform!r}|{type(self.transform).__name__}|{self._decode_side}"
+        key = hashlib.sha256(preprocessing.encode())
+        for photo in photos:
+            key.update(photo.tobytes() if isinstance(photo, Image.Image) else _file_or_bytes(photo))
+
+        def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+            reference, fast = [], []
+            for photo in photos:
+                full = load_image(photo, max_pixels=self.max_pixels)  # the reference decodes whole
+                reference += [
+                    self.reference_transform(limit_aspect_ratio(view)) for view in check_views(full)
+                ]
+                fast += [self.transform(limit_aspect_ratio(view)) for view in check_views(self.decode(photo))]
+            return torch.stack(reference), torch.stack(fast)
+
+        return FidelityCheck(key.hexdigest(), inputs)
 
     def decode(self, image: ImageInput) -> Image.Image:
         """The upright RGB photo, decoded at the scale the model needs (see `load_image`)."""
@@ -186,15 +239,19 @@ class Classifier:
         self, batch: torch.Tensor, *, threads: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Probabilities (N, classes) and, for models with heatmaps, the last feature map (N, C, h, w;
-        a ViT's tokens)."""
+        a ViT's tokens).
+
+        Raises `NonFiniteResultError` where any image's logits or feature map hold NaN or infinity."""
         with torch.inference_mode():
             batch = batch.to(self.device)
             outputs = self._run(batch) if threads is None else self._run(batch, threads=threads)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            check_finite(logits, features, model=self.name, engine=self.engine)
             return logits.float().softmax(dim=-1).cpu(), None if features is None else features.float().cpu()
 
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> dict[str, float]:
-        """The `top_k` most probable labels of one image, highest first."""
+        """The `top_k` most probable labels of one image, highest first (never NaN: see `forward`)."""
+        check_finite(probabilities.unsqueeze(0), model=self.name, engine=self.engine)
         values, indices = probabilities.topk(top_k)
         return {self.labels[i]: float(p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)}
 
@@ -293,6 +350,22 @@ class Classifier:
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
 
 
+def check_views(photo: Image.Image) -> list[Image.Image]:
+    """What the engine tuner checks answers on, per photo: the photo as it is, a centred portrait (3:4) crop,
+    and its centre zoomed in. A reduced precision's error depends on the framing: EfficientNet-Lite0 in
+    OpenVINO bf16 moves a top-5 probability by 0.016 at most on the three examples as they are, but by 0.050
+    on the rocket's portrait crop."""
+    width, height = photo.size
+    portrait = min(width, height * 3 // 4)
+    left = (width - portrait) // 2
+    zoom = (width // 4, height // 4, width - width // 4, height - height // 4)
+    return [photo, photo.crop((left, 0, left + portrait, height)), photo.crop(zoom)]
+
+
+def _file_or_bytes(photo: ImageInput) -> bytes:
+    return bytes(photo) if isinstance(photo, (bytes, bytearray, memoryview)) else Path(photo).read_bytes()
+
+
 @dataclass(frozen=True)
 class Analysis:
     """One photo's answers and heatmaps, from one forward pass (`Classifier.analyse`)."""
@@ -313,17 +386,26 @@ def load_classifier(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     precision: str = "fast",
+    engine: str | None = None,
 ) -> Classifier:
     """A `Classifier` for a torchvision model with ImageNet-1k weights.
 
     `weights=None` uses torchvision's pretrained weights, downloaded once into the torch cache.
     `weights=PATH` loads a local state dict instead (torchvision's file, or a copy of it).
+    `engine` forces an engine by name (ENGINES) instead of the tuned one.
     """
     device = resolve_device(device)
     net = load_model(model, weights)
     transform = pretrained_weights(model).transforms()
     return Classifier(
-        net, load_labels(), transform=transform, device=device, max_pixels=max_pixels, precision=precision
+        net,
+        load_labels(),
+        transform=transform,
+        device=device,
+        max_pixels=max_pixels,
+        precision=precision,
+        engine=engine,
+        name=model,
     )
 
 
@@ -352,19 +434,20 @@ def classifier_set(
     device: str | torch.device | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     precision: str = "fast",
+    engine: str | None = None,
     memory_mb: float = DEFAULT_MODEL_MEMORY_MB,
 ) -> ModelSet[Classifier]:
     """The torchvision models a server offers, as `load_classifier` loads them, each on first use.
 
     `models`: names, "a,b,c", or "all". `default` joins them when it isn't among them; `weights` (a local
-    file) is the default model's.
+    file) is the default model's; `engine` forces one engine for every model (see `load_classifier`).
     Loaded models stay while they fit in `memory_mb`, least recently used out first.
     """
     names = offered_models(models)
     if default not in names:
         names = [*offered_models([default]), *names]
     device = resolve_device(device)
-    engine = select_engine(device, precision)
+    expected_engine = engine or select_engine(device, precision)
     loaders = {
         name: functools.partial(
             load_classifier,
@@ -373,6 +456,7 @@ def classifier_set(
             device,
             max_pixels=max_pixels,
             precision=precision,
+            engine=engine,
         )
         for name in names
     }
@@ -380,7 +464,7 @@ def classifier_set(
         loaders,
         default=default,
         memory_mb=memory_mb,
-        expected_mb=lambda name: expected_memory_mb(name, engine),
+        expected_mb=lambda name: expected_memory_mb(name, expected_engine),
         memory_mb_of=lambda classifier: classifier.memory_mb,
         timed=time_one_photo,
     )
@@ -395,7 +479,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="PATH", help="local weights file instead of the download")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fast", help="fast (default) or exact (fp32 PyTorch)"
+        "--precision",
+        choices=PRECISIONS,
+        default="fast",
+        help="fast (default): the fastest engine on this machine that keeps the answers; "
+        "exact: full decoding, torchvision's transform, fp32 PyTorch",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        metavar="NAME",
+        help=f"force one engine instead of the tuned one (for benchmarks): {', '.join(ENGINES)}",
     )
 
 
@@ -423,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         classifier = load_classifier(
-            args.model, weights=args.weights, device=args.device, precision=args.precision
+            args.model, weights=args.weights, device=args.device, precision=args.precision, engine=args.engine
         )
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -442,12 +536,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 top = _write_heatmap(classifier, path, args.top_k, args.explain, written)
             else:
                 top = classifier.predict(path, top_k=args.top_k)
-        except ImageError as e:
+        except (ImageError, NonFiniteResultError) as e:
             print(f"{path}: {e}", file=sys.stderr)
             failed += 1
             continue
         if args.json:
-            print(json.dumps({"image": path, "predictions": top}))
+            print(json.dumps({"image": path, "predictions": top}, allow_nan=False))
         else:
             width = max(map(len, top))
             print(path)
@@ -509,7 +603,9 @@ def run_on_ray(args: argparse.Namespace) -> int:
     from image_classifier import ray_batch
 
     weights = os.path.abspath(args.weights) if args.weights else None  # actors run in other folders
-    load = functools.partial(load_classifier, args.model, weights, args.device, precision=args.precision)
+    load = functools.partial(
+        load_classifier, args.model, weights, args.device, precision=args.precision, engine=args.engine
+    )
     try:
         summary = ray_batch.run(
             load,

@@ -4,8 +4,9 @@
     python bench/gpu.py --device cpu --quick     # tiny run of the script itself (the test suite uses it)
 
 DenseNet-121 with random weights (same compute as the pretrained ones, which can't be downloaded here),
-through the Classifier itself: `precision="fast"` (on CUDA fp16 with channels_last) against
-`precision="exact"` (fp32, the reference), run side by side in one process.
+through the Classifier itself: `precision="fast"` (the engine tuned at start: on CUDA fp32 or fp16, plain or
+channels_last, the fastest that keeps the answers; printed) against `precision="exact"` (fp32, the
+reference), run side by side in one process.
 
 - forward: `Classifier.forward` on a ready batch (host -> device copy, model, softmax, copy back); the
   copy back waits for the GPU, so each timing covers finished work.

@@ -3,7 +3,8 @@
 The runner decodes on a small thread pool (PIL releases the GIL while decoding) while the engine runs
 the batch before, and keeps a bounded window of images in flight, so memory stays flat however many
 images there are. Rows are flushed after every batch: a run that dies can `resume` where it stopped.
-An image that can't be read becomes a row with its error in plain words; the run goes on.
+An image that can't be read, or whose result is not a number, becomes a row with its error in plain words;
+the run goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Protocol
 import torch
 
 from image_classifier.decoding import ImageError, ImageInput
+from image_classifier.engines import NonFiniteResultError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 """What a folder walk or a glob picks up (case-insensitive); a file named on its own is always tried."""
@@ -209,7 +211,7 @@ def _predict(
     batch = torch.stack(tensors + [tensors[-1]] * (padded - len(tensors)))
     try:
         probabilities = classifier.forward(batch)[: len(tensors)]
-    except ImageError as e:
+    except (ImageError, NonFiniteResultError) as e:  # one image's NaN: find which, one at a time
         if len(tensors) == 1:
             return [str(e)]
         return [answer for tensor in tensors for answer in _predict(classifier, [tensor], top_k, 1)]
@@ -217,7 +219,7 @@ def _predict(
     for row in probabilities:
         try:
             answers.append(classifier.postprocess(row, top_k))
-        except ImageError as e:  # e.g. a non-finite result
+        except (ImageError, NonFiniteResultError) as e:
             answers.append(str(e))
     return answers
 
@@ -348,7 +350,8 @@ class RowWriter:
                 self._csv.writerow(["" if value is None else value for value in record.values()])
             else:
                 line = {"image": row.image, "predictions": row.predictions, "error": row.error}
-                self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+                # Predictions are finite (the classifier refuses NaN), so this never raises: valid JSON only.
+                self._file.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import re
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 ImageInput = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
 
@@ -27,6 +27,16 @@ MAX_ASPECT_RATIO = 4.0
 READABLE_FORMATS = "PNG, JPEG, WebP, GIF, BMP, TIFF"
 ORIENTATION = 0x0112
 """The EXIF tag saying how the stored pixels must be turned to stand upright."""
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""Each EXIF orientation -> the turn that makes the photo upright (as `ImageOps.exif_transpose` does it)."""
 
 
 class ImageError(ValueError):
@@ -60,12 +70,15 @@ def decode_image(
         _check_decoding_memory(image, max_pixels, reduced)
     try:
         width, height = image.size
-        if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: sides swap
+        orientation = image.getexif().get(ORIENTATION, 1)  # the EXIF block is parsed once, here
+        if orientation in (5, 6, 7, 8):  # turned by a quarter: sides swap
             width, height = height, width
         if min_side and image.format in ("JPEG", "MPO") and not isinstance(source, Image.Image):
             image.draft(None, (min_side, min_side))
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image), (width, height)
+        image.load()  # decode here, so that a damaged file is an ImageError
+        # ImageOps.exif_transpose would parse the EXIF block again and copy an upright photo whole.
+        turn = _UPRIGHT.get(orientation)
+        return _to_rgb(image if turn is None else image.transpose(turn)), (width, height)
     except (OSError, SyntaxError, ValueError) as e:  # raised by the decoders while reading pixels
         raise ImageError(_damaged_message(e)) from e
 

@@ -163,7 +163,7 @@ class WithFeatureMap(torch.nn.Module):
     A forward hook catches the feature map while the model runs its own forward, so the logits are the
     model's own; the capture is per thread, so concurrent calls never see each other's maps. Where the
     module runs more than once, its last output is kept. Traceable: OpenVINO converts it into one graph
-    with two outputs.
+    with two outputs. A deep copy (the tuner's engines are set up on copies) hooks the copied model.
     """
 
     def __init__(
@@ -174,6 +174,15 @@ class WithFeatureMap(torch.nn.Module):
         self.activation = activation
         self._captured = threading.local()
         model.get_submodule(features).register_forward_hook(self._capture)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_captured"]  # per-thread captures are never copied: a copy (an engine's) gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._captured = threading.local()
 
     def _capture(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
         self._captured.features = output

@@ -15,6 +15,24 @@ def default_transform() -> Callable[[Image.Image], torch.Tensor]:
     return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()
 
 
+DRAFT_OVERSAMPLING = 5
+"""`precision="fast"` decodes a JPEG at a reduced DCT scale (`draft`) only where its shorter side keeps at
+least this many times the preset's resize size (1280 px for a 256 px resize): 12 MP photos decode at 1/2
+scale, 4K and smaller ones whole. Each scale step saves decoding time but moves the answers; measured against
+the reference (full decode, torchvision's transform, fp32) with the real EfficientNet-Lite0 on 14 photos of
+each size, largest top-5 probability difference: 12 MP at 1/8 scale 0.085, 1/4 0.031, 1/2 0.020, whole
+0.0004; 4K UHD at 1/2 (4.2x the resize) 0.046, whole 0.0004; 24 MP at 1/2 (8.4x) 0.015. See BENCHMARKS.md."""
+
+
+def draft_side(transform: object) -> int | None:
+    """The shortest side a JPEG may be decoded at for `transform` (torchvision's preset, plain or fused),
+    or None for transforms that don't say their size (their JPEGs are decoded whole)."""
+    resize = getattr(transform, "resize_size", None)
+    if isinstance(resize, (list, tuple)) and resize:
+        return DRAFT_OVERSAMPLING * int(resize[0])
+    return None
+
+
 def eval_crop_box(size: tuple[int, int], shorter: int, crop: int) -> tuple[float, float, float, float]:
     """The (left, top, right, bottom) box of an image of `size`, in its own pixels, that torchvision's
     preset keeps: shorter side resized to `shorter` (longer side truncated), then a centred `crop` square

@@ -119,6 +119,46 @@ def test_explain_endpoint_with_the_gradcam_fallback_gives_the_same_bars_and_a_he
         assert overlay.size == Image.open(EXAMPLES / "cat.jpg").size
 
 
+def test_a_nan_answer_is_a_plain_error_on_the_api(labels, tmp_path):
+    """A model whose answer is NaN (a damaged model, an engine fault): the API says so, never shows NaN."""
+    import torch
+    from gradio_client import Client
+    from PIL import Image
+
+    from classifier import Classifier
+    from image_classifier.engines import NON_FINITE_MESSAGE
+
+    class NaNModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1000)
+
+        def forward(self, batch):
+            return self.linear(batch.mean(dim=(2, 3))) * float("nan")
+
+    demo = app.build_demo(Classifier(NaNModel(), labels, device="cpu", precision="exact"), examples=[])
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        photo = tmp_path / "photo.jpg"
+        Image.open(EXAMPLES / "cat.jpg").save(photo)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for endpoint in ("/predict", "/explain"):
+            with pytest.raises(AppError) as error:
+                client.predict(handle_file(str(photo)), api_name=endpoint)
+            assert NON_FINITE_MESSAGE in str(error.value) and "Traceback" not in str(error.value)
+    finally:
+        demo.close()
+
+
+def test_the_model_card_names_the_engine_and_why(oracle):
+    models = app.as_model_set(oracle, "EfficientNet-Lite0")
+    models.load_default()
+    card = app.model_card(models, "EfficientNet-Lite0")
+    assert f"ms per photo** on {oracle.engine_choice.describe()}" in card
+    assert oracle.engine_choice.how in ("tuned", "cached") and "keeps the answers" in card
+
+
 # --- python app.py ------------------------------------------------------------------------------
 
 

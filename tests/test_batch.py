@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from image_classifier import batch
@@ -284,3 +285,54 @@ def test_batch_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads((tmp_path / "batch.json").read_text())
     assert results["runner"] > 0 and results["loop"] > 0 and set(results["rss_mb"]) == {"50", "200"}
+
+
+class NaNForWhite(torch.nn.Module):
+    """Logits that are NaN for a white image only (bright after normalisation), finite for photos."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 1000)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(batch.mean(dim=(2, 3)))
+        white = batch.mean(dim=(1, 2, 3)) > 1.5
+        return torch.where(white[:, None], float("nan"), logits)
+
+
+def strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_nan_result_is_that_rows_error_and_the_output_stays_valid(labels, tmp_path, suffix):
+    from classifier import Classifier
+    from image_classifier.engines import NON_FINITE_MESSAGE
+
+    classifier = Classifier(NaNForWhite(), labels, device="cpu", precision="exact")
+    white = tmp_path / "white.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(white)
+    photos = [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    images = [photos[0], str(white), photos[1], photos[2]]
+    rows = list(batch.classify_images(classifier, images, batch_size=4))  # one forward pass for all four
+    assert [row.error for row in rows] == [None, NON_FINITE_MESSAGE, None, None]
+    for row in (rows[0], rows[2], rows[3]):
+        assert_same_answers(row.predictions, classifier.predict(row.image))
+
+    output = tmp_path / f"results{suffix}"
+    summary = batch.run(classifier, images, output, batch_size=4)
+    assert (summary.classified, summary.failed) == (3, 1)
+    if suffix == ".jsonl":
+        records = [strict_json(line) for line in output.read_text().splitlines()]
+        assert [record["error"] for record in records] == [None, NON_FINITE_MESSAGE, None, None]
+    else:
+        with open(output, newline="") as file:
+            probabilities = [
+                v for r in csv.DictReader(file) for k, v in r.items() if k.startswith("probability")
+            ]
+        assert len(probabilities) == 4 * 5 and all(p == "" or math.isfinite(float(p)) for p in probabilities)
+    assert batch.read_rows(output) == rows

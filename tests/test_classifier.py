@@ -236,7 +236,8 @@ def test_engine_selection():
 
 def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
     pytest.importorskip("openvino")  # a requirement; absent only where someone removed it
-    assert random_densenet.engine == "openvino-fp32"
+    assert random_densenet.engine in ("openvino-fp32", "openvino-bf16")  # bf16 only where it pays
+    assert random_densenet.engine_choice.how in ("tuned", "cached")
 
 
 def test_a_vision_transformer_runs_on_openvino(labels):
@@ -247,20 +248,22 @@ def test_a_vision_transformer_runs_on_openvino(labels):
     vit = torchvision.models.VisionTransformer(224, 32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
     torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts the head at zero
     fast = Classifier(vit, labels, device="cpu")
-    assert fast.engine == "openvino-fp32"
+    assert fast.engine.startswith("openvino")
     with torch.inference_mode():
         reference = vit(fast.preprocess(CAT).unsqueeze(0)).softmax(dim=-1)
     assert torch.allclose(fast.forward(fast.preprocess(CAT).unsqueeze(0)), reference, atol=1e-5)
 
 
-def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels):
-    def broken(model, example):
+def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels, caplog):
+    def broken(*args):
         raise RuntimeError("unsupported operation")
 
-    monkeypatch.setattr(engines, "openvino_runner", broken)
-    monkeypatch.setattr(classifier, "select_engine", lambda device, precision: "openvino-fp32")
-    fallback = Classifier(torchvision.models.resnet18(), labels, device="cpu")
-    assert fallback.engine == "torch-fp32-channels-last"
+    monkeypatch.setattr(engines, "openvino_runners", broken)
+    monkeypatch.setattr(engines, "openvino_installed", lambda: True)
+    with caplog.at_level("WARNING", logger="image_classifier"):
+        fallback = Classifier(torchvision.models.resnet18(), labels, device="cpu")
+    assert fallback.engine in ("torch-fp32", "torch-fp32-channels-last", "torch-bf16-channels-last")
+    assert "OpenVINO could not take the model (unsupported operation)" in caplog.text
     assert len(fallback.predict(CAT)) == 5
 
 
@@ -269,14 +272,17 @@ def test_openvino_conversion_is_cached_on_disk(monkeypatch, tmp_path, labels):
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
     model = torchvision.models.resnet18()
     first = Classifier(model, labels, device="cpu")
-    assert [p.suffix for p in sorted((tmp_path / "openvino").iterdir())] == [".bin", ".xml"]
+    (entry,) = (tmp_path / "openvino").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert len(list((tmp_path / "decisions").iterdir())) == 1  # the tuner's choice, beside it
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of reading the cache")
 
     monkeypatch.setattr(ov, "convert_model", no_conversion)
     second = Classifier(model, labels, device="cpu")
-    assert second.engine == "openvino-fp32" and second.predict(CAT) == first.predict(CAT)
+    assert second.engine == first.engine and second.engine_choice.how == "cached"
+    assert second.predict(CAT) == first.predict(CAT)
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -300,12 +306,12 @@ def test_models_whose_trace_fails_its_check_still_get_openvino(monkeypatch, tmp_
         ov.convert_model(vit, example_input=example)
     assert root.level == logging.ERROR  # ...leaving the root logger at ERROR: every warning lost
     root.setLevel(level)
-    run = engines.openvino_runner(vit, example)
+    run = engines.prepare_engine(vit, "openvino-fp32", example)
     assert root.level == level
     batch = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(run(batch), vit(batch), atol=1e-4)
-    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 1
+    assert len(list((tmp_path / "openvino").glob("*/model.xml"))) == 1
 
 
 def test_a_conversion_that_answers_differently_is_dropped_for_pytorch(monkeypatch, tmp_path, labels):
@@ -316,15 +322,14 @@ def test_a_conversion_that_answers_differently_is_dropped_for_pytorch(monkeypatc
     monkeypatch.setattr(engines, "convert_to_openvino", lambda model, example: convert(other, example))
     torch.manual_seed(1)
     checked = Classifier(torchvision.models.resnet18(), labels, device="cpu")
-    assert checked.engine == "torch-fp32-channels-last"
-    assert list((tmp_path / "openvino").iterdir()) == []  # nothing wrong left in the cache
+    assert not checked.engine.startswith("openvino")
+    assert list((tmp_path / "openvino").glob("*/model.xml")) == []  # nothing wrong left in the cache
 
 
-def test_cuda_fast_path_uses_half_precision_and_channels_last(monkeypatch, labels):
+def test_cuda_fast_path_uses_half_precision_and_channels_last(labels):
     """Checked on the CPU: the engine's setup, not CUDA kernels (no GPU in CI)."""
-    monkeypatch.setattr(classifier, "select_engine", lambda device, precision: "torch-fp16-channels-last")
     model = torchvision.models.resnet18()
-    fast = Classifier(model, labels, device="cpu")
+    fast = Classifier(model, labels, device="cpu", engine="torch-fp16-channels-last")
     assert fast.engine == "torch-fp16-channels-last"
     assert next(model.parameters()).dtype == torch.float16
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -360,3 +365,113 @@ def test_fast_precision_uses_the_fused_transform_and_exact_keeps_torchvisions(la
     exact = Classifier(torchvision.models.resnet18(), labels, device="cpu", precision="exact")
     assert isinstance(fast.transform, classifier.FusedEvalTransform)
     assert not isinstance(exact.transform, classifier.FusedEvalTransform) and exact.engine == "torch-fp32"
+
+
+# --- exact is the reference; fast stays within 0.02 of it ----------------------------------------
+
+
+def photo_of_size(source, size: tuple[int, int], path, seed: int = 0):
+    """A camera-sized JPEG made from a real photo: centre-cropped to the aspect, upscaled, with noise."""
+    import numpy as np
+
+    photo = Image.open(source).convert("RGB")
+    width, height = size
+    keep_w = min(photo.width, round(photo.height * width / height))
+    keep_h = min(photo.height, round(photo.width * height / width))
+    left, top = (photo.width - keep_w) // 2, (photo.height - keep_h) // 2
+    big = np.asarray(photo.crop((left, top, left + keep_w, top + keep_h)).resize(size, Image.BICUBIC))
+    noise = np.random.default_rng(seed).normal(0, 4, big.shape)
+    Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos_of_every_size(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    twelve_mp = [
+        photo_of_size(EXAMPLES / "cat.jpg", (4032, 3024), folder / "cat-12mp.jpg"),
+        photo_of_size(EXAMPLES / "rocket.jpg", (3024, 4032), folder / "rocket-12mp-portrait.jpg", seed=1),
+        photo_of_size(EXAMPLES / "coffee.jpg", (3840, 2160), folder / "coffee-4k.jpg", seed=2),
+    ]
+    return sorted(EXAMPLES.glob("*.jpg")) + twelve_mp
+
+
+def reference_probabilities(exact: Classifier, path) -> torch.Tensor:
+    """torchvision's reference pipeline: PIL's full decode, the weights' own transform, the fp32 model."""
+    with Image.open(path) as photo, torch.inference_mode():
+        batch = exact.reference_transform(photo.convert("RGB")).unsqueeze(0)
+        return exact.model(batch)[0].softmax(-1)
+
+
+def test_exact_equals_the_reference_on_photos_of_every_size(photos_of_every_size):
+    from oracle import load_oracle
+
+    exact = load_oracle(precision="exact")
+    assert exact.engine == "torch-fp32" and exact._decode_side is None
+    for path in photos_of_every_size:
+        ours = exact.predict(path, top_k=1000)
+        reference = reference_probabilities(exact, path)
+        worst = max(abs(p - reference[exact.label_index[label]].item()) for label, p in ours.items())
+        assert worst <= 1e-5, (path.name, worst)
+
+
+def test_fast_keeps_the_references_answers_on_photos_of_every_size(oracle, photos_of_every_size):
+    """Every speed-up together: reduced-scale decoding, the fused transform, the tuned engine."""
+    from oracle import load_oracle
+
+    exact = load_oracle(precision="exact")
+    for path in photos_of_every_size:
+        reference = reference_probabilities(exact, path)
+        fast = oracle.predict(path, top_k=1000)
+        top5 = reference.topk(5).indices.tolist()
+        assert next(iter(fast)) == exact.labels[top5[0]], path.name
+        worst = max(abs(fast[exact.labels[i]] - reference[i].item()) for i in top5)
+        assert worst <= 0.02, (path.name, worst)
+
+
+def test_fast_decodes_12_megapixel_jpegs_at_half_scale_and_exact_whole(oracle, photos_of_every_size):
+    twelve_mp = photos_of_every_size[3]
+    assert oracle.decode(twelve_mp).size == (2016, 1512)
+    from oracle import load_oracle
+
+    assert load_oracle(precision="exact").decode(twelve_mp).size == (4032, 3024)
+
+
+def test_cli_engine_forces_one_engine(densenet_weights):
+    result = run_cli(CAT, "--weights", densenet_weights, "--engine", "torch-fp32-channels-last", "--json")
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)["predictions"]
+    fp32 = load_classifier("densenet121", weights=densenet_weights, device="cpu", engine="torch-fp32")
+    expected = fp32.predict(CAT)  # the same preprocessing (fast), the reference's engine
+    assert list(predictions) == list(expected)
+    assert all(math.isclose(predictions[k], expected[k], rel_tol=1e-4) for k in expected)
+    refused = run_cli(CAT, "--weights", densenet_weights, "--precision", "exact", "--engine", "openvino-fp32")
+    assert refused.returncode == 1 and "'exact' always runs torch-fp32" in refused.stderr
+
+
+def strict_json(line: str):
+    """json.loads that refuses NaN and Infinity, which Python's json writes by default but JSON forbids."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_cli_never_prints_nan_a_nan_model_gets_the_plain_error(tmp_path):
+    model = torchvision.models.resnet18()
+    with torch.no_grad():
+        model.fc.bias[0] = float("nan")  # weights damaged: every answer would be NaN
+    weights = tmp_path / "resnet18-nan.pth"
+    torch.save(model.state_dict(), weights)
+    result = run_cli(CAT, EXAMPLES / "coffee.jpg", "--model", "resnet18", "--weights", weights, "--json")
+    assert result.returncode == 1
+    assert [strict_json(line) for line in result.stdout.splitlines()] == []  # nothing made up
+    assert result.stderr.count(engines.NON_FINITE_MESSAGE) == 2 and "Traceback" not in result.stderr
+    assert "resnet18 on torch-fp32 gave a non-finite result" in result.stderr  # the log line
+
+    output = tmp_path / "results.jsonl"
+    table = run_cli(CAT, "--model", "resnet18", "--weights", weights, "--output", output)
+    assert table.returncode == 1
+    (row,) = [strict_json(line) for line in output.read_text().splitlines()]
+    assert row["predictions"] == {} and row["error"] == engines.NON_FINITE_MESSAGE

@@ -72,6 +72,34 @@ def test_fast_and_exact_engines_give_the_same_maps(oracle, photos):
         assert np.corrcoef(heatmap.ravel(), exact_maps[label].ravel())[0, 1] >= 0.98, label
 
 
+@pytest.mark.parametrize(
+    "engine", ["torch-fp32-channels-last", "torch-bf16-channels-last", "openvino-fp32", "openvino-bf16"]
+)
+def test_every_engine_gives_the_same_maps(photos, engine):
+    """The tuner may pick any of these: heatmaps come out of each, bf16 included, and agree with fp32's."""
+    from oracle import load_oracle
+
+    if engine.startswith("openvino"):
+        pytest.importorskip("openvino")
+    exact = load_oracle(precision="exact")
+    model = load_oracle(precision="exact").model  # a model of its own: engines may set it up in place
+    forced = Classifier(
+        model,
+        exact.labels,
+        transform=exact.reference_transform,
+        cam_layers=exact.cam_layers,
+        engine=engine,
+        device="cpu",
+    )
+    assert forced.engine == engine
+    composite = side_by_side(*photos)
+    exact_maps = exact.explain(composite)
+    maps = forced.explain(composite, labels=list(exact_maps))
+    for label, heatmap in maps.items():
+        assert heatmap.dtype == np.float32 and heatmap.shape == exact_maps[label].shape
+        assert np.corrcoef(heatmap.ravel(), exact_maps[label].ravel())[0, 1] >= 0.98, (engine, label)
+
+
 def test_explain_returns_predicts_labels_in_order_as_float32_in_0_1(oracle):
     for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
         maps = oracle.explain(EXAMPLES / name)
