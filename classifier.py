@@ -54,14 +54,11 @@ from image_classifier.engines import (
     MEMORY_PER_MODEL_MB,
     MEMORY_PER_WEIGHT,
     PRECISIONS,
-    EngineChoice,
     EngineUnavailable,
-    FidelityCheck,
     NonFiniteResultError,
     check_finite,
     resolve_device,
     select_engine,
-    setup_engine,
 )
 from image_classifier.heatmaps import (
     CamLayers,
@@ -77,6 +74,7 @@ from image_classifier.heatmaps import (
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
 from image_classifier.model_set import DEFAULT_MODEL_MEMORY_MB, ModelNotOffered, ModelSet
 from image_classifier.preprocessing import FusedEvalTransform, default_transform, draft_side, seen_region
+from image_classifier.tuner import EngineChoice, FidelityCheck, setup_engine
 
 __all__ = [
     "DEFAULT_LABELS_PATH",

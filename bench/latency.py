@@ -45,7 +45,7 @@ import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from classifier import Classifier, load_labels  # noqa: E402
-from image_classifier import engines  # noqa: E402
+from image_classifier import engines, tuner  # noqa: E402
 from image_classifier.preprocessing import FusedEvalTransform  # noqa: E402
 from seed import SeedPipeline  # noqa: E402
 
@@ -367,7 +367,7 @@ def main() -> None:
     fast = Classifier(copy.deepcopy(model), labels, device="cpu", name="densenet121")  # the app's default
     setup_s = time.perf_counter() - started
     exact = Classifier(copy.deepcopy(model), labels, device="cpu", precision="exact")
-    machine, _ = engines.machine_identity(torch.device("cpu"))
+    machine, _ = tuner.machine_identity(torch.device("cpu"))
     threads = torch.get_num_threads()
     print(f"DenseNet-121 on {machine} ({os.cpu_count()} CPUs), {threads} threads, torch {torch.__version__}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

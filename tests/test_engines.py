@@ -18,8 +18,8 @@ import torchvision
 
 from classifier import Classifier, NonFiniteResultError
 from conftest import EXAMPLES, ROOT
-from image_classifier import engines
-from image_classifier.engines import Drift, answer_drift, choose_engine
+from image_classifier import engines, model_cache, tuner
+from image_classifier.tuner import Drift, answer_drift, choose_engine
 
 CAT = EXAMPLES / "cat.jpg"
 
@@ -29,7 +29,7 @@ def cache(tmp_path, monkeypatch):
     """An empty conversion cache of this test's own; warnings about it start afresh."""
     folder = tmp_path / "cache"
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(folder))
-    monkeypatch.setattr(engines, "_unwritable_warned", set())
+    monkeypatch.setattr(model_cache, "_unwritable_warned", set())
     return folder
 
 
@@ -150,7 +150,7 @@ def test_tuner_picks_times_once_and_later_starts_pay_nothing(cache, labels, resn
     pytest.importorskip("openvino")
     calls: list = []
     monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(engines, "time_engines", forced({"openvino-fp32": 17.0, "openvino-bf16": 7.0}, calls))
+    monkeypatch.setattr(tuner, "time_engines", forced({"openvino-fp32": 17.0, "openvino-bf16": 7.0}, calls))
     with caplog.at_level(logging.INFO, logger="image_classifier"):
         tuned = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
     assert calls == [["openvino-bf16", "openvino-fp32"]] * 2  # timed, then confirmed before giving up fp32
@@ -161,7 +161,7 @@ def test_tuner_picks_times_once_and_later_starts_pay_nothing(cache, labels, resn
     assert len(tuned.predict(CAT)) == 5  # bf16 works here even where it is slow (the CPU has no bf16)
 
     caplog.clear()
-    monkeypatch.setattr(engines, "time_engines", lambda *a, **k: pytest.fail("timed again"))
+    monkeypatch.setattr(tuner, "time_engines", lambda *a, **k: pytest.fail("timed again"))
     with caplog.at_level(logging.INFO, logger="image_classifier"):
         again = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
     assert again.engine == "openvino-bf16" and again.engine_choice.how == "cached"
@@ -170,10 +170,8 @@ def test_tuner_picks_times_once_and_later_starts_pay_nothing(cache, labels, resn
     ]
 
     # Another CPU (other flags) is tuned for itself: here the Xeon's figures, where fp32 stays.
-    monkeypatch.setattr(engines, "machine_identity", lambda device: ("Intel Xeon", "Intel Xeon|avx512f"))
-    monkeypatch.setattr(
-        engines, "time_engines", forced({"openvino-fp32": 29.8, "openvino-bf16": 41.8}, calls)
-    )
+    monkeypatch.setattr(tuner, "machine_identity", lambda device: ("Intel Xeon", "Intel Xeon|avx512f"))
+    monkeypatch.setattr(tuner, "time_engines", forced({"openvino-fp32": 29.8, "openvino-bf16": 41.8}, calls))
     assert Classifier(copy.deepcopy(resnet18), labels, device="cpu").engine == "openvino-fp32"
     assert len(calls) == 3  # fp32 won: nothing to confirm
 
@@ -185,7 +183,7 @@ def test_a_burst_of_load_does_not_pass_for_a_faster_engine(cache, labels, resnet
         [{"openvino-fp32": 40.0, "openvino-bf16": 30.0}, {"openvino-fp32": 29.8, "openvino-bf16": 41.8}]
     )
     monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(engines, "time_engines", lambda runners, batch, **options: next(rounds))
+    monkeypatch.setattr(tuner, "time_engines", lambda runners, batch, **options: next(rounds))
     assert Classifier(copy.deepcopy(resnet18), labels, device="cpu").engine == "openvino-fp32"
 
 
@@ -203,7 +201,7 @@ def test_an_engine_that_changes_the_answers_is_never_picked(cache, labels, resne
     calls: list = []
     monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(engines.OpenVINORunner, "__call__", noisy_bf16)
-    monkeypatch.setattr(engines, "time_engines", forced({"openvino-fp32": 17.0, "openvino-bf16": 7.0}, calls))
+    monkeypatch.setattr(tuner, "time_engines", forced({"openvino-fp32": 17.0, "openvino-bf16": 7.0}, calls))
     with caplog.at_level(logging.INFO, logger="image_classifier"):
         chosen = Classifier(copy.deepcopy(resnet18), labels, device="cpu")
     assert chosen.engine == "openvino-fp32" and calls == []  # one candidate left: nothing to time
@@ -215,13 +213,13 @@ def test_when_no_engine_keeps_the_answers_the_reference_runs_and_that_is_remembe
     cache, labels, resnet18, monkeypatch, caplog
 ):
     pytest.importorskip("openvino")
-    monkeypatch.setattr(engines, "answer_drift", lambda reference, candidate: Drift(False, 1.0, 1.0))
+    monkeypatch.setattr(tuner, "answer_drift", lambda reference, candidate: Drift(False, 1.0, 1.0))
     with caplog.at_level(logging.WARNING, logger="image_classifier"):
         first = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
     assert first.engine == "torch-fp32" and first.engine_choice.how == "fallback"
     assert warnings_in(caplog) == ["No engine kept resnet18's answers on the check photos: using torch-fp32."]
     caplog.clear()
-    monkeypatch.setattr(engines, "answer_drift", lambda *a: pytest.fail("checked again"))
+    monkeypatch.setattr(tuner, "answer_drift", lambda *a: pytest.fail("checked again"))
     with caplog.at_level(logging.WARNING, logger="image_classifier"):
         again = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
     assert (again.engine, again.engine_choice.how, warnings_in(caplog)) == ("torch-fp32", "fallback", [])
@@ -281,7 +279,7 @@ def test_a_damaged_cache_is_rebuilt_with_one_log_line(cache, labels, resnet18, m
         after = Classifier(copy.deepcopy(resnet18), labels, device="cpu", engine="openvino-fp32")
     assert warnings_in(caplog) == [] and same_answers(after.predict(CAT), clean)
     (entry,) = (cache / "openvino").iterdir()
-    engines.verify_entry(entry)
+    model_cache.verify_entry(entry)
 
 
 def test_a_cache_entry_without_its_manifest_is_rebuilt(cache, labels, resnet18, caplog):
@@ -292,7 +290,7 @@ def test_a_cache_entry_without_its_manifest_is_rebuilt(cache, labels, resnet18, 
     with caplog.at_level(logging.WARNING, logger="image_classifier"):
         Classifier(copy.deepcopy(resnet18), labels, device="cpu", engine="openvino-fp32")
     assert any("no readable manifest" in w for w in warnings_in(caplog))
-    engines.verify_entry(manifest.parent)
+    model_cache.verify_entry(manifest.parent)
 
 
 def test_a_read_only_cache_converts_in_memory_and_warns_once(cache, labels, resnet18, monkeypatch, caplog):
@@ -304,8 +302,8 @@ def test_a_read_only_cache_converts_in_memory_and_warns_once(cache, labels, resn
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 
-        monkeypatch.setattr(engines.tempfile, "mkdtemp", read_only)
-        monkeypatch.setattr(engines.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(model_cache.tempfile, "mkdtemp", read_only)
+        monkeypatch.setattr(model_cache.tempfile, "mkstemp", read_only)
     try:
         with caplog.at_level(logging.WARNING, logger="image_classifier"):
             first = Classifier(copy.deepcopy(resnet18), labels, device="cpu")
@@ -370,7 +368,7 @@ def test_two_processes_starting_together_on_an_empty_cache(cache, resnet18, tmp_
     answers = [json.loads(out) for out, _ in results]
     assert answers[0]["top"] == answers[1]["top"]
     (entry,) = (cache / "openvino").iterdir()  # one copy, complete, nothing half-written left over
-    engines.verify_entry(entry)
+    model_cache.verify_entry(entry)
     assert [path.name for path in cache.rglob(".incomplete-*")] == []
     assert len(list((cache / "decisions").glob("*.json"))) == 1
 
