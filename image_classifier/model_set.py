@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
 import statistics
 import threading
 import time
@@ -29,6 +30,8 @@ DEFAULT_MODEL_MEMORY_MB = 6000
 """Memory the loaded models may take together, in MB: on a 16 GB machine this leaves room for Python,
 PyTorch, OpenVINO and Gradio (about 1 GB), the requests in flight, and the passing peak while a model is
 converted for the fast engine."""
+
+logger = logging.getLogger(__name__)
 
 
 class ModelNotOffered(ValueError):
@@ -120,7 +123,7 @@ class ModelSet(Generic[M]):
                     return self._loaded[name]
             self._make_room(name, self._expected_mb(name))
             model = self._loaders[name]()
-            loaded = LoadedModel(model, self._memory_mb_of(model), self._measure(model))
+            loaded = LoadedModel(model, self._memory_mb_of(model), self._measure(name, model))
             with self._lock:
                 self._loaded[name] = loaded
             self._make_room(name, 0.0)  # the estimate before loading may have been low
@@ -172,15 +175,21 @@ class ModelSet(Generic[M]):
             del evicted
             release_memory()
 
-    def _measure(self, model: M) -> float | None:
+    def _measure(self, name: str, model: M) -> float | None:
+        """The median milliseconds of `timed(model)`, or None where it fails: a model whose timing photo
+        gives an error (a NaN answer, say) still loads, and each request gets that error in words."""
         if self._timed is None:
             return None
-        self._timed(model)  # warm-up: first-call allocations, lazy compilation
         times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            self._timed(model)
-            times.append((time.perf_counter() - started) * 1000)
+        try:
+            self._timed(model)  # warm-up: first-call allocations, lazy compilation
+            for _ in range(3):
+                started = time.perf_counter()
+                self._timed(model)
+                times.append((time.perf_counter() - started) * 1000)
+        except Exception as e:  # noqa: BLE001 (any model's failure: reported per request, in words)
+            logger.warning("Could not time %s on the timing photo (%s): its card shows no time.", name, e)
+            return None
         return statistics.median(times)
 
 
