@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,10 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 """Each EXIF orientation -> the turn that makes the photo upright (as `ImageOps.exif_transpose` does it)."""
+
+DAMAGED_FILE_ERRORS = (OSError, SyntaxError, ValueError, OverflowError, struct.error)
+"""What PIL's parsers and decoders raise on a damaged file. OverflowError and struct.error came from the
+fuzzer (tests/fuzz_findings/): a BigTIFF whose tag offset is past 2**63, an EXIF value of the wrong type."""
 
 
 class ImageError(ValueError):
@@ -79,7 +84,7 @@ def decode_image(
         # ImageOps.exif_transpose would parse the EXIF block again and copy an upright photo whole.
         turn = _UPRIGHT.get(orientation)
         return _to_rgb(image if turn is None else image.transpose(turn)), (width, height)
-    except (OSError, SyntaxError, ValueError) as e:  # raised by the decoders while reading pixels
+    except DAMAGED_FILE_ERRORS as e:  # raised by the decoders while reading pixels
         raise ImageError(_damaged_message(e)) from e
 
 
@@ -112,7 +117,7 @@ def _open(source: str | os.PathLike | bytes | bytearray | memoryview, max_pixels
             if pixels
             else f"The image is too large; the limit is {max_pixels / 1e6:g} megapixels."
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, *DAMAGED_FILE_ERRORS) as e:
         if data.lstrip()[:5].lower() in (b"<svg ", b"<?xml") and b"<svg" in data[:4096].lower():
             raise ImageError(
                 f"SVG drawings are not supported: please upload a photo ({READABLE_FORMATS})."

@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,16 @@ def test_the_largest_accepted_images_decode_within_500_mb(tmp_path):
 
 
 # --- what the fuzzing found ------------------------------------------------------------------------
+
+FINDINGS = sorted((Path(__file__).parent / "fuzz_findings").glob("*.bin"))
+
+
+@pytest.mark.parametrize("finding", FINDINGS, ids=[path.stem for path in FINDINGS])
+def test_inputs_the_fuzzer_found_get_image_error_or_decode(target, finding):
+    """Found by the 30-minute run (python scripts/fuzz.py): a BigTIFF whose tag offset is past 2**63 raised
+    OverflowError from Image.open; a WebP whose EXIF holds a value of the wrong type raised struct.error from
+    ImageOps.exif_transpose (gone since the EXIF is read once, without it). Only ImageError may come out."""
+    assert target(finding.read_bytes()).failure is None
 
 
 def encode(image: Image.Image, format: str, **params) -> bytes:
