@@ -205,13 +205,16 @@ class Classifier:
             key.update(photo.tobytes() if isinstance(photo, Image.Image) else _file_or_bytes(photo))
 
         def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+            # The check photos are the project's own, not uploads: the default pixel limit, not this one's.
+            limit = max(self.max_pixels, DEFAULT_MAX_PIXELS)
             reference, fast = [], []
             for photo in photos:
-                full = load_image(photo, max_pixels=self.max_pixels)  # the reference decodes whole
+                full = load_image(photo, max_pixels=limit)  # the reference decodes whole
+                reduced = load_image(photo, max_pixels=limit, min_side=self._decode_side)
                 reference += [
                     self.reference_transform(limit_aspect_ratio(view)) for view in check_views(full)
                 ]
-                fast += [self.transform(limit_aspect_ratio(view)) for view in check_views(self.decode(photo))]
+                fast += [self.transform(limit_aspect_ratio(view)) for view in check_views(reduced)]
             return torch.stack(reference), torch.stack(fast)
 
         return FidelityCheck(key.hexdigest(), inputs)

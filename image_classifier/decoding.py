@@ -82,8 +82,11 @@ def decode_image(
             image.draft(None, (min_side, min_side))
         image.load()  # decode here, so that a damaged file is an ImageError
         # ImageOps.exif_transpose would parse the EXIF block again and copy an upright photo whole.
+        # RGB first, then upright: the decoded image and one copy at a time (PIL keeps RGB and RGBA at 4
+        # bytes a pixel: turning a 50-megapixel RGBA before compositing it took three copies, 600 MB).
+        image = _to_rgb(image)
         turn = _UPRIGHT.get(orientation)
-        return _to_rgb(image if turn is None else image.transpose(turn)), (width, height)
+        return (image if turn is None else image.transpose(turn)), (width, height)
     except DAMAGED_FILE_ERRORS as e:  # raised by the decoders while reading pixels
         raise ImageError(_damaged_message(e)) from e
 
