@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app import DISPLAY_SIDE  # noqa: E402
+import app  # noqa: E402
 from classifier import Classifier, load_labels  # noqa: E402
 from latency import jpeg_of_size, side_by_side, summary  # noqa: E402
 
@@ -46,9 +46,7 @@ def page_work(classifier: Classifier, data: bytes) -> Image.Image:
     analysis = classifier.analyse(data)
     labels = list(analysis.predictions)
     analysis.heatmaps.cams(labels)
-    display = analysis.image.copy()
-    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-    return analysis.heatmaps.overlay(display, labels[0])
+    return analysis.heatmaps.overlay(app.display_size(analysis.image), labels[0])
 
 
 def random_model(name: str) -> torch.nn.Module:
