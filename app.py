@@ -555,13 +555,7 @@ def build_demo(
             picker, card = model_picker(models)
             with gr.Row(equal_height=False):
                 with gr.Column():
-                    photo = ImageFile(
-                        type="filepath",
-                        image_mode=None,
-                        sources=["upload", "webcam", "clipboard"],
-                        label="Photo",
-                        alt_text="The photo being classified",
-                    )
+                    photo = photo_input("Photo", "The photo being classified")
                     gr.ClearButton(photo)  # in the browser; the photo's change then resets the rest
                     if examples:
                         gr.Examples(list(examples), inputs=photo, example_labels=example_labels(examples))
@@ -673,6 +667,19 @@ def model_picker(models: ModelSet[Classifier]) -> tuple[ModelChoice, gr.Markdown
     return picker, card
 
 
+def photo_input(label: str, alt_text: str, **options) -> ImageFile:
+    """A photo input as the page's tabs take it: a file path (the classifier decodes it), from an upload, the
+    webcam or the clipboard."""
+    return ImageFile(
+        type="filepath",
+        image_mode=None,
+        sources=["upload", "webcam", "clipboard"],
+        label=label,
+        alt_text=alt_text,
+        **options,
+    )
+
+
 def example_labels(examples: Sequence[str]) -> list[str]:
     """What a screen reader says for each example thumbnail: its file name in words."""
     return [Path(path).stem.replace("_", " ").title() for path in examples]
@@ -705,14 +712,7 @@ def compare_tab(
         )
         with gr.Row(equal_height=False):
             with gr.Column():
-                photo = ImageFile(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "webcam", "clipboard"],
-                    label="Photo to compare on",
-                    alt_text="The photo both models classify",
-                    height=320,
-                )
+                photo = photo_input("Photo to compare on", "The photo both models classify", height=320)
                 gr.ClearButton(photo)
             with gr.Column():
                 choices = [

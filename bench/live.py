@@ -51,7 +51,7 @@ import app  # noqa: E402
 from browser import FAKE_WEBCAM_ARGS, launch_chromium  # noqa: E402
 from classifier import Classifier, load_labels  # noqa: E402
 from image_classifier import live  # noqa: E402
-from servers import free_port  # noqa: E402
+from servers import serving  # noqa: E402
 
 MARK_BITS = 16
 MARK_SIDE = 8
@@ -243,22 +243,6 @@ def plain_demo(classifier: Classifier) -> gr.Blocks:
         bars = gr.Label(num_top_classes=5, elem_id="live-bars")
         camera.stream(classify, camera, bars, stream_every=0.1, time_limit=app.LIVE_TIME_LIMIT)
     return demo.queue()
-
-
-@contextmanager
-def serving(demo: gr.Blocks):
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **app.launch_options(),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
 
 
 def open_page(browser, url: str):

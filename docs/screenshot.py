@@ -26,7 +26,7 @@ import app  # noqa: E402
 from browser import launch_chromium  # noqa: E402
 from classifier import ModelSet, time_one_photo  # noqa: E402
 from oracle import load_oracle  # noqa: E402
-from servers import free_port  # noqa: E402
+from servers import serving  # noqa: E402
 
 DOCS = ROOT / "docs"
 EXAMPLES = ROOT / "examples"
@@ -52,53 +52,39 @@ def main() -> None:
         memory_mb_of=lambda c: c.memory_mb,
         timed=time_one_photo,
     )
-    demo = app.build_demo(models)
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **app.launch_options(),
-    )
-    try:
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright, *FAKE_CAMERA)
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
+    with serving(app.build_demo(models)) as url, sync_playwright() as playwright:
+        browser = launch_chromium(playwright, *FAKE_CAMERA)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1100})
+        page.goto(url)
 
-            page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")  # classified as it lands
-            expect(page.locator('img[alt^="Where the model looked for"]')).to_be_visible(timeout=60_000)
-            shot(page, "screenshot.png", 900)
+        page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")  # classified as it lands
+        expect(page.locator('img[alt^="Where the model looked for"]')).to_be_visible(timeout=60_000)
+        shot(page, "screenshot.png", 1060)
 
-            page.get_by_role("tab", name="Compare").click()
-            panel = page.get_by_role("tabpanel")
-            panel.locator("input[type=file]").set_input_files(EXAMPLES / "coffee.jpg")
-            for side in ("a", "b"):
-                expect(page.locator(f"#compare-time-{side}")).to_contain_text(
-                    "ms for this photo", timeout=60_000
-                )
-            expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
-            shot(page, "screenshot-compare.png", 1000)
+        page.get_by_role("tab", name="Compare").click()
+        panel = page.get_by_role("tabpanel")
+        panel.locator("input[type=file]").set_input_files(EXAMPLES / "coffee.jpg")
+        for side in ("a", "b"):
+            expect(page.locator(f"#compare-time-{side}")).to_contain_text("ms for this photo", timeout=60_000)
+        expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+        shot(page, "screenshot-compare.png", 1000)
 
-            page.get_by_role("tab", name="Many photos").click()
-            with page.expect_file_chooser() as chooser:
-                page.get_by_role("button", name="Choose photos").click()
-            chooser.value.set_files(sorted(EXAMPLES.glob("*.jpg")))
-            expect(page.locator('.virtual-body [role="row"]')).to_have_count(3, timeout=60_000)
-            shot(page, "screenshot-many.png", 560)
+        page.get_by_role("tab", name="Many photos").click()
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Choose photos").click()
+        chooser.value.set_files(sorted(EXAMPLES.glob("*.jpg")))
+        expect(page.locator('.virtual-body [role="row"]')).to_have_count(3, timeout=60_000)
+        shot(page, "screenshot-many.png", 560)
 
-            page.get_by_role("tab", name="Live").click()
-            camera = page.locator("#live-camera")
-            camera.get_by_role("button", name="Click to Access Webcam").click()
-            expect(camera.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
-            camera.get_by_role("button", name=re.compile("^Record$")).click()
-            expect(page.locator("#live-readout")).to_contain_text("frames per second", timeout=60_000)
-            page.wait_for_timeout(3000)  # a few seconds of streaming: the readout's figures settle
-            shot(page, "screenshot-live.png", 640)
-            browser.close()
-    finally:
-        demo.close()
+        page.get_by_role("tab", name="Live").click()
+        camera = page.locator("#live-camera")
+        camera.get_by_role("button", name="Click to Access Webcam").click()
+        expect(camera.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
+        camera.get_by_role("button", name=re.compile("^Record$")).click()
+        expect(page.locator("#live-readout")).to_contain_text("frames per second", timeout=60_000)
+        page.wait_for_timeout(3000)  # a few seconds of streaming: the readout's figures settle
+        shot(page, "screenshot-live.png", 640)
+        browser.close()
 
 
 if __name__ == "__main__":

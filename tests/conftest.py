@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("IMAGE_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="image-classifier-cache-"))
 
 import classifier  # noqa: E402
-from servers import free_port, wait_until_serving  # noqa: E402
+from servers import free_port, serving, wait_until_serving  # noqa: E402
 from torch_home import SMALL_MODELS, write_random_weights  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
@@ -121,17 +121,8 @@ def server(models):
     """The app on 127.0.0.1 with the real oracle model as its default, launched with the app's own limits."""
     import app
 
-    demo = app.build_demo(models)
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **app.launch_options(),
-    )
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with serving(app.build_demo(models)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -139,17 +130,8 @@ def fallback_server(gradcam_oracle):
     """The app around the oracle with the Grad-CAM fallback: the bars first, then the map."""
     import app
 
-    demo = app.build_demo(gradcam_oracle, model_name="EfficientNet-Lite0")
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **app.launch_options(),
-    )
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with serving(app.build_demo(gradcam_oracle, model_name="EfficientNet-Lite0")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serving(demo) -> Iterator[str]:
+    """`demo` (an app.build_demo page) on 127.0.0.1 at a free port, launched with the app's own options
+    (theme, limits, cache cleanup); yields its URL and closes it after."""
+    import app
+
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
