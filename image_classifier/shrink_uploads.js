@@ -12,7 +12,9 @@
 // app.py runs it once per page load with the page's settings: (settings) => installs the wrapper.
 (settings) => {
   if (window.imageClassifierUploads) return; // installed already
-  const { maxSide, maxPixels, quality = 0.9 } = settings;
+  // JPEG quality 0.95: 0.9 sent a third fewer bytes but moved the model's answers twice as far
+  // (bench/upload.py: up to 0.059 in probability against 0.033).
+  const { maxSide, maxPixels, quality = 0.95 } = settings;
   const sendAsIs = window.fetch;
 
   function isUpload(input, init) {
