@@ -48,7 +48,7 @@ from image_classifier import batch
 from image_classifier.heatmaps import Heatmaps
 from image_classifier.heatmaps import overlay as overlay_heatmap
 from image_classifier.live import LiveFigures, PhotosFirst, answer_frame
-from image_classifier.model_set import refusal
+from image_classifier.model_set import limit_malloc_arenas, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +413,7 @@ def build_demo(
     model B -> two top-k). The browser shrinks photos to `upload_max_side` pixels before uploading them
     (None or 0: it sends them as they are).
     """
+    limit_malloc_arenas()  # before the server's worker threads: its memory stays flat under load
     models = as_model_set(classifier, model_name)
     models.load_default()
     several = len(models.names) > 1

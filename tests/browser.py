@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -29,3 +30,19 @@ def shown_predictions(page) -> list[tuple[str, float]]:
     labels = bars.locator("dt").all_inner_texts()
     percentages = [float(text.rstrip("%")) for text in bars.locator("dd").all_inner_texts()]
     return list(zip(labels, percentages, strict=True))
+
+
+_SHRINK = """async data => {
+    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+    const file = await window.imageClassifierUploads.shrink(new File([bytes], "photo.jpg"));
+    const sent = new Uint8Array(await file.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < sent.length; i += 8192) text += String.fromCharCode(...sent.subarray(i, i + 8192));
+    return btoa(text);
+}"""
+
+
+def sent_by_page(page, photo: bytes) -> bytes:
+    """The bytes the page uploads for `photo`: what image_classifier/shrink_uploads.js makes of it (shrunk,
+    upright, re-encoded without metadata), so what the server classifies."""
+    return base64.b64decode(page.evaluate(_SHRINK, base64.b64encode(photo).decode()))

@@ -20,7 +20,7 @@ import torchvision
 from playwright.sync_api import expect, sync_playwright
 
 import classifier
-from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
+from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL, ROOT
 from hostile import corpus
 from servers import free_port
@@ -489,15 +489,16 @@ def test_choose_a_model_see_its_card_and_classify(page, models):
     facts = classifier.model_facts("resnet18")
     expect(card).to_contain_text(f"{facts.top1:.1f} % top-1, {facts.top5:.1f} % top-5")
     expect(card).to_contain_text(f"{facts.gflops:.2f} GFLOPs")
+    cat = sent_by_page(page, (EXAMPLES / "cat.jpg").read_bytes())  # what the server gets: re-encoded
     page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
-    expected = models.get("resnet18").predict(EXAMPLES / "cat.jpg")
+    expected = models.get("resnet18").predict(cat)
     expect_chart_of(page, expected)
     expect(page.locator(HEATMAP)).to_have_attribute(
         "alt", f"Where the model looked for “{next(iter(expected))}”"
     )
 
     choose(page, "Model", "squeezenet1_0")  # the photo is classified again, by the new model
-    squeezenet = models.get("squeezenet1_0").predict(EXAMPLES / "cat.jpg")
+    squeezenet = models.get("squeezenet1_0").predict(cat)
     expect_chart_of(page, squeezenet)
     # SqueezeNet has no linear head for CAM: its map comes from Grad-CAM
     expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{next(iter(squeezenet))}”")
@@ -520,7 +521,8 @@ def test_compare_two_models_side_by_side(page, models):
     a, b = charts.nth(0), charts.nth(1)
     expect(a.locator("dt").first).to_have_text(re.compile("|".join(EXPECTED["coffee.jpg"])))
     b_bars = b.locator(".confidence-set")
-    mobilenet = models.get("mobilenet_v3_small").predict(EXAMPLES / "coffee.jpg")
+    coffee = sent_by_page(page, (EXAMPLES / "coffee.jpg").read_bytes())  # what the server gets: re-encoded
+    mobilenet = models.get("mobilenet_v3_small").predict(coffee)
     expect_chart_of(page, mobilenet, bars=b_bars)
     expect(page.locator("#compare-time-a")).to_contain_text(re.compile(r"EfficientNet-Lite0: \d+ ms"))
     expect(page.locator("#compare-time-b")).to_contain_text(re.compile(r"mobilenet_v3_small: \d+ ms"))
@@ -531,7 +533,7 @@ def test_compare_two_models_side_by_side(page, models):
     )
 
     choose(page, "Model B", "resnet18")
-    expected = models.get("resnet18").predict(EXAMPLES / "coffee.jpg")
+    expected = models.get("resnet18").predict(coffee)
     expect_chart_of(page, expected, bars=b_bars)
     expect(page.locator("#compare-time-b")).to_contain_text("resnet18: ")
     expect(page.locator(f'img[alt="Where resnet18 looked for “{next(iter(expected))}”"]')).to_be_visible()

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from playwright.sync_api import expect, sync_playwright
 
 import app
-from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, shown_predictions
+from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, sent_by_page, shown_predictions
 from conftest import ROOT
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled
 from servers import free_port, wait_until_serving
@@ -31,14 +31,6 @@ from servers import free_port, wait_until_serving
 DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
 BARS = '[data-testid="label"] .confidence-set'
 MAX_SIDE = app.UPLOAD_MAX_SIDE
-SHRINK = """async data => {
-    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
-    const file = await window.imageClassifierUploads.shrink(new File([bytes], "photo.jpg"));
-    const sent = new Uint8Array(await file.arrayBuffer());
-    let text = "";
-    for (let i = 0; i < sent.length; i += 8192) text += String.fromCharCode(...sent.subarray(i, i + 8192));
-    return btoa(text);
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +271,7 @@ def test_every_exif_orientation_comes_out_upright(browser, served, decoder):
         scene = upscaled(real_photo("rocket"), (2400, 1800), grain=0)
         for orientation in range(1, 9):
             original = phone_jpeg(scene, orientation=orientation)
-            sent = base64.b64decode(page.evaluate(SHRINK, base64.b64encode(original).decode()))
+            sent = sent_by_page(page, original)
             assert_no_metadata(sent)
             assert_shrunk_to_max_side(assert_upright_copy(sent, scene))
     finally:
@@ -320,7 +312,7 @@ def test_fidelity_on_real_photos_keeps_the_answer(page, oracle):
     deviations = {}
     for name in REAL_PHOTOS:
         original = phone_jpeg(upscaled(real_photo(name), PHONE_SIZE))
-        sent = base64.b64decode(page.evaluate(SHRINK, base64.b64encode(original).decode()))
+        sent = sent_by_page(page, original)
         reference = oracle.predict(original, top_k=1000)
         answer = oracle.predict(sent, top_k=1000)
         top = list(reference)[:5]
