@@ -25,7 +25,6 @@ uses. Writes OUT/upload.json.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os
@@ -41,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from PIL import Image, ImageOps  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from browser import launch_chromium  # noqa: E402
+from browser import launch_chromium, sent_by_page  # noqa: E402
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled  # noqa: E402
 from servers import free_port, wait_until_serving  # noqa: E402
 
@@ -54,14 +53,6 @@ WATCH_CHOICE = """() => document.addEventListener("change", event => {
 UPLOAD_TIMING = """() => performance.getEntriesByType("resource")
     .filter(entry => new URL(entry.name).pathname.endsWith("/gradio_api/upload"))
     .map(entry => [entry.startTime, entry.responseEnd])[0]"""
-SHRINK = """async data => {
-    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
-    const file = await window.imageClassifierUploads.shrink(new File([bytes], "photo.jpg"));
-    const sent = new Uint8Array(await file.arrayBuffer());
-    let text = "";
-    for (let i = 0; i < sent.length; i += 8192) text += String.fromCharCode(...sent.subarray(i, i + 8192));
-    return btoa(text);
-}"""
 SERVERS = {"as it was": 0, "resized": 1024}
 """--upload-max-side of each server: the page as it was, the page as shipped."""
 PAGES = {
@@ -187,7 +178,7 @@ def fidelity(page, names: list[str], size: tuple[int, int], seeds: int) -> list[
     for seed in range(seeds):
         for name in names:
             original = phone_jpeg(upscaled(real_photo(name), size, seed=seed))
-            sent = base64.b64decode(page.evaluate(SHRINK, base64.b64encode(original).decode()))
+            sent = sent_by_page(page, original)
             full = ImageOps.exif_transpose(Image.open(io.BytesIO(original))).convert("RGB")
             reference = oracle.predict(original, top_k=1000)
             top = list(reference)[:5]

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("IMAGE_CLASSIFIER_CACHE", tempfile.mkdtemp(prefix="image-classifier-cache-"))
 
 import classifier  # noqa: E402
+from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium  # noqa: E402
 from servers import free_port, serving, wait_until_serving  # noqa: E402
 from torch_home import SMALL_MODELS, write_random_weights  # noqa: E402
 
@@ -164,3 +165,18 @@ def app_server(torch_home, offline_env, tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium with a fake webcam, one per test module; skipped where there is none, outside CI."""
+    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI installs it and fails without)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, *FAKE_WEBCAM_ARGS)
+        yield browser
+        browser.close()

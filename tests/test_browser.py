@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.hub
 import torchvision
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import classifier
-from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, sent_by_page, shown_predictions
+from browser import sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL, ROOT
 from hostile import corpus
 from servers import free_port
@@ -32,18 +32,6 @@ HEATMAP = 'img[alt^="Where the model looked for"]'
 CAPTION = "#heatmap-caption"
 AXE = ROOT / "tests" / "node_modules" / "axe-core" / "axe.min.js"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI installs it and fails without)"
-        )
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, *FAKE_WEBCAM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

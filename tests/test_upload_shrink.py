@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from gradio_client import handle_file
 from PIL import Image, ImageOps
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import app
-from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium, sent_by_page, shown_predictions
+from browser import sent_by_page, shown_predictions
 from conftest import ROOT
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled
 from servers import free_port, wait_until_serving
@@ -52,18 +52,6 @@ def served(tmp_path_factory):
     yield {"url": url, "cache": workdir / "gradio-cache", "client": client}
     process.terminate()
     process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI installs it and fails without)"
-        )
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, *FAKE_WEBCAM_ARGS)
-        yield browser
-        browser.close()
 
 
 def open_page(browser, url: str, init_script: str | None = None):
