@@ -73,17 +73,22 @@ def _exif(orientation: int = 1) -> Image.Exif:
     return exif
 
 
-def png_16bit_rgb(image: Image.Image) -> bytes:
-    """A 48-bit RGB PNG (PIL writes 8-bit RGB only): each 8-bit value v becomes the 16-bit v * 257."""
-    pixels = np.asarray(image.convert("RGB"), dtype=">u2") * 257
-    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
-    header = struct.pack(">IIBBBBB", image.width, image.height, 16, 2, 0, 0, 0)
+def png_file(header: bytes, rows: bytes) -> bytes:
+    """A PNG of one IHDR `header` and the filtered scanlines `rows`, compressed into one IDAT chunk."""
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", header)
         + png_chunk(b"IDAT", zlib.compress(rows, 9))
         + png_chunk(b"IEND", b"")
     )
+
+
+def png_16bit_rgb(image: Image.Image) -> bytes:
+    """A 48-bit RGB PNG (PIL writes 8-bit RGB only): each 8-bit value v becomes the 16-bit v * 257."""
+    pixels = np.asarray(image.convert("RGB"), dtype=">u2") * 257
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", image.width, image.height, 16, 2, 0, 0, 0)
+    return png_file(header, rows)
 
 
 def png_interlaced(image: Image.Image) -> bytes:
@@ -104,12 +109,7 @@ def png_interlaced(image: Image.Image) -> bytes:
         if sub.size:
             rows += b"".join(b"\x00" + row.tobytes() for row in sub)
     header = struct.pack(">IIBBBBB", image.width, image.height, 8, 2, 0, 0, 1)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows, 9))
-        + png_chunk(b"IEND", b"")
-    )
+    return png_file(header, rows)
 
 
 def _transparent_band(image: Image.Image) -> Image.Image:
