@@ -10,6 +10,7 @@ that loading a model by name runs torchvision's real code.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,26 @@ import classifier  # noqa: E402
 from browser import CHROMIUM, FAKE_WEBCAM_ARGS, launch_chromium  # noqa: E402
 from servers import free_port, serving, wait_until_serving  # noqa: E402
 from torch_home import SMALL_MODELS, write_random_weights  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in {"true", "1"}
+"""CI sets CI=true (.ci/run too): there, every optional dependency is installed and a missing one fails."""
+
+
+def optional_here_required_in_ci(reason: str) -> None:
+    """Something optional is missing (Ray, Chromium, axe-core): skip, with `reason`, on a developer's machine;
+    fail in CI, which installs it, so that a broken install can never pass as a skipped test."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI installs it: missing there is a failure, not a skip)")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def optional_import(name: str, install: str):
+    """`import name` for an optional package: skipped where it is missing, except in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        optional_here_required_in_ci(f"{name} is not installed ({error}): {install}")
+
 
 EXAMPLES = ROOT / "examples"
 # What a person would accept as the right answer for each example photo (top-1 must be one of these).
@@ -169,11 +190,9 @@ def app_server(torch_home, offline_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium with a fake webcam, one per test module; skipped where there is none, outside CI."""
-    if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI installs it and fails without)"
-        )
+    """Debian's Chromium with a fake webcam, one per module; skipped where there is none, except in CI."""
+    if not os.path.exists(CHROMIUM):
+        optional_here_required_in_ci(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -146,7 +146,6 @@ def test_an_image_error_from_the_prediction_becomes_that_rows_error(random_dense
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_output_round_trip(random_densenet, tree, tmp_path, suffix):
-    pytest.importorskip("pyarrow") if suffix == ".parquet" else None
     root, images = tree
     output = tmp_path / f"results{suffix}"
     summary = batch.run(random_densenet, [root], output, top_k=3, batch_size=4)
@@ -193,7 +192,6 @@ class DiesAfter:
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_resume_after_an_interrupted_run_gives_the_same_output(random_densenet, tree, tmp_path, suffix):
-    pytest.importorskip("pyarrow") if suffix == ".parquet" else None
     root, images = tree
     complete = tmp_path / f"complete{suffix}"
     batch.run(random_densenet, [root], complete, batch_size=2)

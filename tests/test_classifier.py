@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 
+import openvino as ov  # a requirement: a missing OpenVINO fails here, never skips
 import pytest
 import torch
 import torchvision
@@ -235,7 +236,6 @@ def test_engine_selection():
 
 
 def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
-    pytest.importorskip("openvino")  # a requirement; absent only where someone removed it
     assert random_densenet.engine in ("openvino-fp32", "openvino-bf16")  # bf16 only where it pays
     assert random_densenet.engine_choice.how in ("tuned", "cached")
 
@@ -243,7 +243,6 @@ def test_fast_cpu_engine_is_openvino_when_installed(random_densenet):
 def test_a_vision_transformer_runs_on_openvino(labels):
     """Converted without autograd, as it runs: with it, torchvision's attention took another path on the
     tracer's check run, conversion failed and every ViT fell back to PyTorch."""
-    pytest.importorskip("openvino")
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(224, 32, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
     torch.nn.init.normal_(vit.heads.head.weight, std=0.02)  # torchvision starts the head at zero
@@ -268,7 +267,6 @@ def test_openvino_failure_falls_back_to_pytorch(monkeypatch, labels, caplog):
 
 
 def test_openvino_conversion_is_cached_on_disk(monkeypatch, tmp_path, labels):
-    ov = pytest.importorskip("openvino")
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
     model = torchvision.models.resnet18()
     first = Classifier(model, labels, device="cpu")
@@ -297,7 +295,6 @@ def tiny_vit() -> torch.nn.Module:
 
 
 def test_models_whose_trace_fails_its_check_still_get_openvino(monkeypatch, tmp_path):
-    ov = pytest.importorskip("openvino")
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
     vit, example = tiny_vit(), torch.zeros(1, 3, 32, 32)
     root = logging.getLogger()
@@ -315,7 +312,6 @@ def test_models_whose_trace_fails_its_check_still_get_openvino(monkeypatch, tmp_
 
 
 def test_a_conversion_that_answers_differently_is_dropped_for_pytorch(monkeypatch, tmp_path, labels):
-    pytest.importorskip("openvino")
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path))
     convert = engines.convert_to_openvino
     other = torchvision.models.resnet18().eval()  # another model's weights: other answers

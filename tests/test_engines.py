@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import openvino as ov  # a requirement: a missing OpenVINO fails here, never skips
 import pytest
 import torch
 import torchvision
@@ -147,7 +148,6 @@ def forced(timings: dict[str, float], calls: list):
 
 
 def test_tuner_picks_times_once_and_later_starts_pay_nothing(cache, labels, resnet18, monkeypatch, caplog):
-    pytest.importorskip("openvino")
     calls: list = []
     monkeypatch.setattr(engines, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(tuner, "time_engines", forced({"openvino-fp32": 17.0, "openvino-bf16": 7.0}, calls))
@@ -178,7 +178,6 @@ def test_tuner_picks_times_once_and_later_starts_pay_nothing(cache, labels, resn
 
 def test_a_burst_of_load_does_not_pass_for_a_faster_engine(cache, labels, resnet18, monkeypatch):
     """bf16 looks faster in the first timing only (the machine was busy while fp32 ran): fp32 stays."""
-    pytest.importorskip("openvino")
     rounds = iter(
         [{"openvino-fp32": 40.0, "openvino-bf16": 30.0}, {"openvino-fp32": 29.8, "openvino-bf16": 41.8}]
     )
@@ -188,7 +187,6 @@ def test_a_burst_of_load_does_not_pass_for_a_faster_engine(cache, labels, resnet
 
 
 def test_an_engine_that_changes_the_answers_is_never_picked(cache, labels, resnet18, monkeypatch, caplog):
-    pytest.importorskip("openvino")
     real = engines.OpenVINORunner.__call__
 
     def noisy_bf16(self, batch):  # bf16 that is fast but wrong
@@ -212,7 +210,6 @@ def test_an_engine_that_changes_the_answers_is_never_picked(cache, labels, resne
 def test_when_no_engine_keeps_the_answers_the_reference_runs_and_that_is_remembered(
     cache, labels, resnet18, monkeypatch, caplog
 ):
-    pytest.importorskip("openvino")
     monkeypatch.setattr(tuner, "answer_drift", lambda reference, candidate: Drift(False, 1.0, 1.0))
     with caplog.at_level(logging.WARNING, logger="image_classifier"):
         first = Classifier(copy.deepcopy(resnet18), labels, device="cpu", name="resnet18")
@@ -259,7 +256,6 @@ def truncate(path):
 
 @pytest.mark.parametrize("damage", [overwrite_middle, truncate], ids=["overwritten", "truncated"])
 def test_a_damaged_cache_is_rebuilt_with_one_log_line(cache, labels, resnet18, monkeypatch, caplog, damage):
-    ov = pytest.importorskip("openvino")
     clean = Classifier(copy.deepcopy(resnet18), labels, device="cpu", engine="openvino-fp32").predict(CAT)
     (weights,) = cache.glob("openvino/**/*.bin")
     damage(weights)
@@ -283,7 +279,6 @@ def test_a_damaged_cache_is_rebuilt_with_one_log_line(cache, labels, resnet18, m
 
 
 def test_a_cache_entry_without_its_manifest_is_rebuilt(cache, labels, resnet18, caplog):
-    pytest.importorskip("openvino")
     Classifier(copy.deepcopy(resnet18), labels, device="cpu", engine="openvino-fp32")
     (manifest,) = cache.glob("openvino/*/manifest.json")
     manifest.write_text("{not json")
@@ -294,7 +289,6 @@ def test_a_cache_entry_without_its_manifest_is_rebuilt(cache, labels, resnet18, 
 
 
 def test_a_read_only_cache_converts_in_memory_and_warns_once(cache, labels, resnet18, monkeypatch, caplog):
-    pytest.importorskip("openvino")
     cache.mkdir()
     cache.chmod(0o555)
     if os.access(cache, os.W_OK):  # running as root, whom permissions don't stop: the file system says no
@@ -317,7 +311,6 @@ def test_a_read_only_cache_converts_in_memory_and_warns_once(cache, labels, resn
 
 
 def test_a_full_disk_leaves_no_half_written_entry(cache, labels, resnet18, monkeypatch, caplog):
-    ov = pytest.importorskip("openvino")
 
     def disk_full(model, path, **options):
         with open(path, "w") as file:
@@ -349,7 +342,6 @@ print(json.dumps({{"engine": classifier.engine, "top": classifier.predict({cat!r
 
 
 def test_two_processes_starting_together_on_an_empty_cache(cache, resnet18, tmp_path):
-    pytest.importorskip("openvino")
     weights, go = tmp_path / "resnet18.pth", tmp_path / "go"
     torch.save(resnet18.state_dict(), weights)
     script = CONCURRENT_START.format(root=str(ROOT), weights=str(weights), go=str(go), cat=str(CAT))

@@ -79,8 +79,6 @@ def test_every_engine_gives_the_same_maps(photos, engine):
     """The tuner may pick any of these: heatmaps come out of each, bf16 included, and agree with fp32's."""
     from oracle import load_oracle
 
-    if engine.startswith("openvino"):
-        pytest.importorskip("openvino")
     exact = load_oracle(precision="exact")
     model = load_oracle(precision="exact").model  # a model of its own: engines may set it up in place
     forced = Classifier(

@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 
-import pytest
 from test_batch import BROKEN, ROOT, by_image, make_tree
 
+from conftest import optional_import
 from image_classifier import batch
 
-if os.environ.get("CI") != "true":
-    pytest.importorskip("ray", reason="optional: pip install -r requirements-ray.txt")
+optional_import("ray", "pip install -r requirements-ray.txt")
 
 
 def run_cli(*args, timeout: float) -> subprocess.CompletedProcess:
