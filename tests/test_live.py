@@ -4,6 +4,7 @@ import base64
 import io
 import threading
 import time
+import types
 
 import gradio as gr
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 import app
 from conftest import EXAMPLES
+from image_classifier import live
 from image_classifier.live import FrameAnswer, LiveFigures, PhotosFirst, answer_frame
 
 
@@ -77,77 +79,127 @@ def test_the_figures_count_frames_per_second_and_update_the_readout_twice_a_seco
 
 
 def run_in_thread(target) -> threading.Thread:
-    thread = threading.Thread(target=target)
+    thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
 
 
-def test_a_frame_gives_way_to_a_photo_and_is_dropped():
-    photos_first = PhotosFirst(live_slots=1, grace=0.05)
-    with photos_first.frame() as fresh:
-        assert fresh  # no photo: at once
-    photo_started = threading.Event()
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """PhotosFirst's clock, which only the test moves (`clock[0] += seconds`): no test waits for time."""
+    now = [1000.0]
+    monkeypatch.setattr(
+        live, "time", types.SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
+    )
+    return now
+
+
+class WatchedCondition(threading.Condition):
+    """PhotosFirst's condition, with an Event set whenever a frame goes to wait on it: the test knows that
+    the frame is held (and why) without guessing how long that takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def watched(photos_first: PhotosFirst) -> WatchedCondition:
+    photos_first._changed = WatchedCondition()
+    return photos_first._changed
+
+
+def frame_in_thread(photos_first: PhotosFirst, ran: list) -> threading.Thread:
+    def frame():
+        with photos_first.frame() as fresh:
+            ran.append(fresh)
+
+    return run_in_thread(frame)
+
+
+def photo_in_thread(photos_first: PhotosFirst, done: threading.Event) -> threading.Thread:
+    """A photo being classified until `done` is set."""
+    started = threading.Event()
 
     def photo():
         with photos_first.photo():
-            photo_started.set()
-            time.sleep(0.3)
+            started.set()
+            done.wait(60)
 
     thread = run_in_thread(photo)
-    photo_started.wait()
-    begin = time.monotonic()
+    assert started.wait(30)
+    return thread
+
+
+def test_a_frame_gives_way_to_a_photo_and_its_grace_and_is_dropped(clock):
+    photos_first = PhotosFirst(live_slots=1, grace=0.05, max_wait=5.0)
+    changed = watched(photos_first)
     with photos_first.frame() as fresh:
-        waited = time.monotonic() - begin
-    thread.join()
-    assert not fresh and waited >= 0.3  # the photo's time, and the grace after it
+        assert fresh  # no photo: at once
+    done, ran = threading.Event(), []
+    photo = photo_in_thread(photos_first, done)
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran)
+    assert changed.waiting.wait(30) and ran == []  # held while the photo is classified
+    changed.waiting.clear()
+    done.set()
+    photo.join(30)
+    assert changed.waiting.wait(30) and ran == []  # the photo is done, its grace is not (the clock stands)
+    clock[0] += 1.0  # past the grace
+    frame.join(30)
+    assert ran == [False]  # it ran, stale: the stream drops it
 
 
-def test_photos_keep_every_core_unless_streams_run():
+def test_photos_keep_every_core_unless_streams_run(clock):
     photos_first = PhotosFirst(live_slots=1)
     with photos_first.photo() as threads:
         assert threads is None  # no stream: the photo's forward pass takes every core
+    clock[0] += 1.0  # past the photo's grace
     with photos_first.frame():
         pass
     with photos_first.photo() as threads:
         assert threads == photos_first.photo_threads_while_streaming >= 1
+    clock[0] += 1.0  # a second without frames: the stream has stopped
+    with photos_first.photo() as threads:
+        assert threads is None
 
 
 def test_live_frames_take_turns_on_their_slots():
     photos_first = PhotosFirst(live_slots=1)
-    inside = threading.Event()
-    order = []
+    changed = watched(photos_first)
+    done, ran = threading.Event(), []
 
     def first_frame():
         with photos_first.frame() as fresh:
-            inside.set()
-            time.sleep(0.2)
-            order.append(("first", fresh))
+            ran.append(("first", fresh))
+            done.wait(60)
 
-    thread = run_in_thread(first_frame)
-    inside.wait()
-    with photos_first.frame() as fresh:
-        order.append(("second", fresh))
-    thread.join()
-    assert order == [("first", True), ("second", True)]  # waited its turn, still fresh
-
-
-def test_a_flow_of_photos_slows_the_stream_down_without_stopping_it():
-    photos_first = PhotosFirst(live_slots=1, max_wait=0.2)
-    photo_started, done = threading.Event(), threading.Event()
-
-    def long_photo():
-        with photos_first.photo():
-            photo_started.set()
-            done.wait(5)
-
-    thread = run_in_thread(long_photo)
-    photo_started.wait()
-    begin = time.monotonic()
-    with photos_first.frame() as fresh:
-        waited = time.monotonic() - begin
+    first = run_in_thread(first_frame)
+    changed.waiting.clear()
+    second = frame_in_thread(photos_first, ran)
+    assert changed.waiting.wait(30)  # the second frame waits for the slot...
+    assert ran == [("first", True)]
     done.set()
-    thread.join()
-    assert fresh and 0.2 <= waited < 2
+    first.join(30), second.join(30)
+    assert ran == [("first", True), True]  # ...and runs after the first, still fresh
+
+
+def test_a_flow_of_photos_slows_the_stream_down_without_stopping_it(clock):
+    photos_first = PhotosFirst(live_slots=1, max_wait=0.2)
+    changed = watched(photos_first)
+    done, ran = threading.Event(), []
+    photo = photo_in_thread(photos_first, done)
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran)
+    assert changed.waiting.wait(30) and ran == []  # the photo goes first...
+    clock[0] += 1.0  # ...for max_wait (0.2 s), then the frame runs beside it
+    frame.join(30)
+    assert ran == [True] and photo.is_alive()
+    done.set()
+    photo.join(30)
 
 
 # --- the Gradio side -------------------------------------------------------------------------------
