@@ -33,20 +33,20 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import app  # noqa: E402
 from classifier import Classifier, load_labels  # noqa: E402
+from image_classifier.page.answers import display_size  # noqa: E402
 from latency import jpeg_of_size, side_by_side, summary  # noqa: E402
 
 FALLBACK_MODELS = "convnext_tiny,vit_b_16,swin_t,mobilenet_v3_large,vgg16"
 
 
 def page_work(classifier: Classifier, data: bytes) -> Image.Image:
-    """What the Photo tab computes when a photo lands (app.py's `analyse`, `ShownPhoto.make_maps` and
-    `heatmap_picture`)."""
+    """What the Photo tab computes when a photo lands (the page's `analyse`,
+    `ShownPhoto.make_maps` and `heatmap_picture`, image_classifier/page/answers.py)."""
     analysis = classifier.analyse(data)
     labels = list(analysis.predictions)
     analysis.heatmaps.cams(labels)
-    return analysis.heatmaps.overlay(app.display_size(analysis.image), labels[0])
+    return analysis.heatmaps.overlay(display_size(analysis.image), labels[0])
 
 
 def random_model(name: str) -> torch.nn.Module:

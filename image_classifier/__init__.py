@@ -12,5 +12,6 @@ model_set     the models a server offers: loaded on first use, kept within a mem
 live          the webcam stream's frames: newest first, photos ahead of frames, the readout's figures
 batch         many photos into a CSV / JSONL / Parquet table, decoding overlapped with batched forwards
 ray_batch     the same job on Ray Data, locally or on a cluster (optional: requirements-ray.txt)
+page          the web page (Gradio): one module per tab, the API, the server's lifespan
 shrink_uploads.js  the page's side of uploads: photos shrunk, upright and without metadata in the browser
 """

@@ -10,6 +10,9 @@ from gradio_client.exceptions import AppError
 
 import app
 from conftest import EXAMPLES, EXPECTED, ROOT
+from image_classifier.page.components import ImageFile, ModelChoice
+from image_classifier.page.models import as_model_set, model_card
+from image_classifier.page.server import delete_old_files
 from servers import free_port, wait_until_serving
 
 
@@ -50,7 +53,7 @@ def test_the_demo_is_configured_as_users_expect(oracle):
 
     demo = app.build_demo(oracle)
     components = list(demo.blocks.values())
-    (photo,) = [c for c in components if isinstance(c, app.ImageFile) and c.label == "Photo"]
+    (photo,) = [c for c in components if isinstance(c, ImageFile) and c.label == "Photo"]
     (bars,) = [c for c in components if isinstance(c, gr.Label) and c.label == "Top 5"]
     assert set(photo.sources) == {"upload", "webcam", "clipboard"}
     assert photo.get_block_name() == "image"  # the standard image widget in the browser
@@ -65,7 +68,7 @@ def test_the_demo_is_configured_as_users_expect(oracle):
     assert all(
         not c.visible
         for c in components
-        if isinstance(c, gr.Row) and any(isinstance(child, app.ModelChoice) for child in c.children)
+        if isinstance(c, gr.Row) and any(isinstance(child, ModelChoice) for child in c.children)
     )
 
 
@@ -74,7 +77,7 @@ def test_with_several_models_the_photo_tab_has_a_picker_and_a_card(models):
 
     demo = app.build_demo(models)
     components = list(demo.blocks.values())
-    (picker,) = [c for c in components if isinstance(c, app.ModelChoice) and c.label == "Model"]
+    (picker,) = [c for c in components if isinstance(c, ModelChoice) and c.label == "Model"]
     assert [value for _, value in picker.choices] == models.names and picker.value == models.default
     assert picker.get_block_name() == "dropdown"
     assert ("resnet18 (69.8 % top-1)", "resnet18") in picker.choices  # torchvision's figure, in the list
@@ -152,9 +155,9 @@ def test_a_nan_answer_is_a_plain_error_on_the_api(labels, tmp_path):
 
 
 def test_the_model_card_names_the_engine_and_why(oracle):
-    models = app.as_model_set(oracle, "EfficientNet-Lite0")
+    models = as_model_set(oracle, "EfficientNet-Lite0")
     models.load_default()
-    card = app.model_card(models, "EfficientNet-Lite0")
+    card = model_card(models, "EfficientNet-Lite0")
     assert f"ms per photo** on {oracle.engine_choice.describe()}" in card
     assert oracle.engine_choice.how in ("tuned", "cached") and "keeps the answers" in card
 
@@ -217,7 +220,7 @@ def test_the_command_line_offers_the_default_set_or_all():
 
 
 def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
-    """`app.delete_old_files` (what the server runs on schedule): old files and their folders go, young ones
+    """`delete_old_files` (what the server runs on schedule): old files and their folders go, young ones
     and the page's examples stay, and files arriving during a scan don't stop it (they stopped Gradio
     6.31's own cleanup for good: "Set changed size during iteration")."""
     import threading
@@ -250,7 +253,7 @@ def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
     thread = threading.Thread(target=uploads)
     thread.start()
     try:
-        deleted = app.delete_old_files(blocks, older_than=0.04)
+        deleted = delete_old_files(blocks, older_than=0.04)
     finally:
         stop.set()
         thread.join()
@@ -260,7 +263,7 @@ def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
     young = [path for path in arrived if os.path.exists(path)]
     assert young and set(young) <= files  # too young to go, still tracked for the next round
     remaining = len(files) - 1
-    assert app.delete_old_files(blocks, older_than=None) == remaining  # when the server stops: all
+    assert delete_old_files(blocks, older_than=None) == remaining  # when the server stops: all
     assert files == {example} and sorted(p.name for p in cache.iterdir()) == ["example"]
 
 

@@ -15,6 +15,9 @@ import app
 from conftest import EXAMPLES
 from image_classifier import live
 from image_classifier.live import FrameAnswer, LiveFigures, PhotosFirst, answer_frame
+from image_classifier.page import settings
+from image_classifier.page.components import WebcamFrames
+from image_classifier.page.models import as_model_set
 
 
 def encoded(width: int, height: int, mode: str = "RGB", format: str = "JPEG") -> bytes:
@@ -210,7 +213,7 @@ def frame_payload(data: bytes) -> ImageData:
 
 
 def test_webcam_frames_hand_the_function_the_jpeg_bytes():
-    camera = app.WebcamFrames(sources=["webcam"], streaming=True)
+    camera = WebcamFrames(sources=["webcam"], streaming=True)
     jpeg = encoded(32, 24)
     assert camera.preprocess(frame_payload(jpeg)) == jpeg
     assert camera.preprocess(None) is None
@@ -234,12 +237,12 @@ def test_the_stream_function_takes_missing_tiny_resized_and_broken_frames(random
 
 def test_the_live_tab_streams_the_webcam_within_its_limits(random_densenet):
     demo = app.build_demo(random_densenet, live_time_limit=30, max_streams=3)
-    (camera,) = [block for block in demo.blocks.values() if isinstance(block, app.WebcamFrames)]
+    (camera,) = [block for block in demo.blocks.values() if isinstance(block, WebcamFrames)]
     assert camera.streaming and camera.sources == ["webcam"]
-    assert camera.webcam_options.constraints == app.LIVE_CAMERA
+    assert camera.webcam_options.constraints == settings.LIVE_CAMERA
     (stream,) = [block_fn for block_fn in demo.fns.values() if block_fn.name == "classify_frame"]
     assert stream.connection == "stream" and stream.time_limit == 30 and stream.concurrency_limit == 3
-    assert stream.stream_every == app.LIVE_STREAM_EVERY and stream.show_progress == "hidden"
+    assert stream.stream_every == settings.LIVE_STREAM_EVERY and stream.show_progress == "hidden"
     assert (
         stream.concurrency_id != next(f for f in demo.fns.values() if f.name == "show_photo").concurrency_id
     )
@@ -252,10 +255,10 @@ def test_max_streams_and_the_time_limit_come_from_the_command_line(monkeypatch, 
         def launch(self, **options):
             seen["launched"] = True
 
-    monkeypatch.setattr(app, "classifier_set", lambda *args, **kwargs: app.as_model_set(random_densenet, "d"))
+    monkeypatch.setattr(app, "classifier_set", lambda *args, **kwargs: as_model_set(random_densenet, "d"))
     monkeypatch.setattr(app, "build_demo", lambda classifier, **options: seen.update(options) or Demo())
     assert app.main(["--max-streams", "4", "--live-time-limit", "30"]) == 0
     assert seen["max_streams"] == 4 and seen["live_time_limit"] == 30 and seen["launched"]
-    assert app.parse_args([]).max_streams == app.MAX_STREAMS
+    assert app.parse_args([]).max_streams == settings.MAX_STREAMS
     with pytest.raises(SystemExit):
         app.parse_args(["--max-streams", "0"])

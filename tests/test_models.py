@@ -17,11 +17,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import app
 import classifier
 from classifier import ModelLoadError, ModelNotOffered, ModelSet, load_classifier
 from conftest import EXAMPLES, OFFLINE_MODEL, ROOT
 from image_classifier import catalogue, model_set
+from image_classifier.page.models import model_card
 from servers import free_port, rss_mb, wait_until_serving
 from torch_home import SMALL_MODELS
 
@@ -50,7 +50,7 @@ def test_the_card_shows_the_catalogue_figures_then_what_this_machine_measured(to
         name: functools.partial(load_classifier, name, device="cpu") for name in ("resnet18", "vit_b_16")
     }
     models = ModelSet(loaders, memory_mb_of=lambda model: model.memory_mb, timed=classifier.time_one_photo)
-    card = app.model_card(models, "resnet18")
+    card = model_card(models, "resnet18")
     meta = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta
     assert "**resnet18**" in card and "ResNet18_Weights.IMAGENET1K_V1" in card
     assert f"**{meta['_metrics']['ImageNet-1K']['acc@1']:.1f} %** top-1" in card
@@ -58,11 +58,9 @@ def test_the_card_shows_the_catalogue_figures_then_what_this_machine_measured(to
     assert f"{meta['_ops']:.2f} GFLOPs" in card and f"{meta['_file_size']:.1f} MB of weights" in card
     assert "224 × 224 crop of the photo resized to 256 px (bilinear)" in card
     assert card.endswith("- On this machine: measured once it has loaded.")  # its weights are in the cache
-    assert app.model_card(models, "vit_b_16").endswith(
-        "measured once it has loaded (first, a 330 MB download)."
-    )
+    assert model_card(models, "vit_b_16").endswith("measured once it has loaded (first, a 330 MB download).")
     models.get("resnet18")
-    card = app.model_card(models, "resnet18")
+    card = model_card(models, "resnet18")
     engine = models.get("resnet18").engine_choice.describe()  # e.g. "OpenVINO fp32, the fastest engine..."
     assert engine.startswith("OpenVINO") and "keeps the answers" in engine
     assert re.search(rf"- On this machine: \*\*\d+ ms per photo\*\* on {re.escape(engine)}$", card), card

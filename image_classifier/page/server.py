@@ -1,0 +1,95 @@
+"""The server around the page: its look (an accessible theme), the upload limit, and its lifespan (the
+cache of uploads and results cleaned on a schedule, and emptied when the server stops)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import gradio as gr
+
+from .settings import DELETE_CACHE, MAX_FILE_SIZE
+
+logger = logging.getLogger(__name__)
+
+CSS = ".toast-message-text { white-space: pre-line; }"
+"""Error messages keep their line breaks (a failed load lists its ways out one per line)."""
+# Gradio's default theme with a blue accent and darker secondary text: every text passes WCAG AA contrast.
+THEME = gr.themes.Default(primary_hue="blue").set(
+    body_text_color_subdued="*neutral_600",
+    button_primary_background_fill="*primary_700",
+    button_primary_background_fill_hover="*primary_800",
+)
+
+
+def launch_options(
+    max_file_size: str = MAX_FILE_SIZE, delete_cache: tuple[float, float] = DELETE_CACHE
+) -> dict:
+    """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
+    limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than
+    `delete_cache[1]`."""
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": max_file_size,
+        "app_kwargs": {"lifespan": clean_cache(*delete_cache)},
+    }
+
+
+def clean_cache(every: float, older_than: float):
+    """A server lifespan that deletes the app's old uploads and results on a schedule, and all of them when
+    the server stops: what Gradio's `delete_cache` promises. Gradio 6.31's own stops for good the first time
+    an upload lands during its scan ("Set changed size during iteration" ends its task), after which the
+    cache grows for the life of the server; the soak (bench/soak.py) found it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server):
+        async def on_schedule() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await asyncio.to_thread(delete_old_files, server.get_blocks(), older_than)
+                except Exception:  # logged; the next round tries again
+                    logger.exception("Could not clean Gradio's cache; trying again in %s s", every)
+
+        task = asyncio.create_task(on_schedule())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            delete_old_files(server.get_blocks(), None)
+
+    return lifespan
+
+
+def delete_old_files(blocks: gr.Blocks, older_than: float | None) -> int:
+    """Delete the files the app created (uploads, results) that are older than `older_than` seconds by
+    ctime, all of them when None, and each one's folder once it is empty (Gradio keeps one folder per file);
+    files Gradio keeps for the page (the examples) stay. Returns how many files went."""
+    keep = set()
+    for component in blocks.blocks.values():
+        keep.update(getattr(component, "keep_in_cache", ()))
+    cache = os.path.realpath(blocks.GRADIO_CACHE)
+    now, deleted = time.time(), 0
+    for files in blocks.temp_file_sets:
+        for file in list(files):  # a copy: requests add files while this runs
+            if file in keep:
+                continue
+            try:
+                if older_than is not None and now - os.lstat(file).st_ctime <= older_than:
+                    continue
+                os.remove(file)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            files.discard(file)
+            folder = os.path.dirname(os.path.realpath(file))
+            if os.path.dirname(folder) == cache:
+                with contextlib.suppress(OSError):  # not empty: another file with the same content
+                    os.rmdir(folder)
+    return deleted
