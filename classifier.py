@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +61,15 @@ from image_classifier.engines import (
     select_engine,
 )
 from image_classifier.heatmaps import (
+    METHODS,
     CamLayers,
-    GradCam,
+    Explainer,
     GradCamLayer,
     Heatmaps,
     HeatmapsUnavailable,
     WithFeatureMap,
     cam_layers_for,
-    class_activation_maps,
+    found_gradcam_layer,
     gradcam_layer_for,
 )
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
@@ -84,12 +85,14 @@ __all__ = [
     "DEFAULT_MODEL_MEMORY_MB",
     "ENGINES",
     "EXAMPLE_PHOTOS",
+    "METHODS",
     "PRECISIONS",
     "Analysis",
     "CamLayers",
     "Classifier",
     "EngineChoice",
     "EngineUnavailable",
+    "Explanation",
     "FusedEvalTransform",
     "GradCamLayer",
     "ImageError",
@@ -134,9 +137,11 @@ class Classifier:
     and `postprocess` (probabilities -> label dict). A non-finite result raises `NonFiniteResultError`.
 
     Heatmaps (`analyse`, `explain`): the engine returns the last feature map beside the logits; the maps
-    are class activation maps where the head is pooling + one linear layer (`cam_layers`, found for
-    torchvision models), else Grad-CAM through the rest of the model in PyTorch (`gradcam_layer`,
-    likewise). An explicit argument wins over the found layers.
+    are class activation maps where the head is pooling + one linear layer (`cam_layers`, found for any
+    model by watching one forward pass), else Grad-CAM on the last spatial feature map (`gradcam_layer`:
+    torchvision's ViT through its last block, any other model where torchcam finds the layer) through the
+    rest of the model in PyTorch. An explicit argument wins over the found layers. Other methods
+    (Grad-CAM++, Layer-CAM, Score-CAM: `METHODS`) on request.
     """
 
     def __init__(
@@ -170,20 +175,21 @@ class Classifier:
         if precision == "fast" and FusedEvalTransform.fits(self.transform):
             self.transform = FusedEvalTransform(self.transform)
         self.label_index = {label: i for i, label in enumerate(self.labels)}
+        example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
         # Heatmaps: the engine runs the model wrapped to return its last feature map too (one pass);
         # where a map needs a gradient, Grad-CAM runs the model's tail from it when a map is asked for.
         if cam_layers is None and gradcam_layer is None:
-            cam_layers = cam_layers_for(self.model)
-            gradcam_layer = None if cam_layers else gradcam_layer_for(self.model)
+            cam_layers = cam_layers_for(self.model, example.shape[1:])
+            if cam_layers is None:
+                gradcam_layer = gradcam_layer_for(self.model) or found_gradcam_layer(
+                    self.model, example.shape[1:]
+                )
         self.cam_layers, self.gradcam_layer = cam_layers, None if cam_layers else gradcam_layer
         runnable = self.model
         if self.cam_layers is not None:
-            linear = self.model.get_submodule(self.cam_layers.classifier)
-            self._class_weights = linear.weight.detach().float().cpu().clone()
             runnable = WithFeatureMap(self.model, self.cam_layers.features, self.cam_layers.activation)
         elif self.gradcam_layer is not None:
             runnable = WithFeatureMap(self.model, self.gradcam_layer.features)
-        example = self.transform(Image.new("RGB", (256, 256))).unsqueeze(0)
         check = None
         if precision == "fast" and engine is None:
             check = self._fidelity_check(EXAMPLE_PHOTOS if check_images is None else check_images)
@@ -191,8 +197,28 @@ class Classifier:
             runnable, self.device, example, precision=precision, engine=engine, check=check, name=self.name
         )
         self.engine = self.engine_choice.engine
-        # After the engine: Grad-CAM runs the tail as the engine left the model (fp16 on CUDA, for one).
-        self._gradcam = GradCam(self.model, self.gradcam_layer) if self.gradcam_layer else None
+        # After the engine: the methods run the tail as the engine left the model (fp16 on CUDA, for one).
+        self._explainer = None
+        if self.cam_layers is not None or self.gradcam_layer is not None:
+            self._explainer = Explainer(self.model, self.cam_layers, self.gradcam_layer, self._run)
+            if self._explainer.default != "CAM" and self.gradcam_layer.tail is not None:
+                self._explainer.maker(self._explainer.default)  # set up now: fail early on a wrong layer
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The heatmap methods this model offers (names in METHODS), its default first; none without maps."""
+        if self._explainer is None:
+            return ()
+        default = self._explainer.default
+        return (default, *(name for name in self._explainer.methods if name != default))
+
+    @property
+    def _gradcam(self):
+        """The default method's tail extractor where it is Grad-CAM (the tests watch it), else None."""
+        explainer = self._explainer
+        if explainer is None or explainer.default != "Grad-CAM" or self.gradcam_layer.tail is None:
+            return None
+        return explainer.maker("Grad-CAM")
 
     def _fidelity_check(self, photos: Sequence[ImageInput]) -> FidelityCheck | None:
         """The tuner's check: `photos` through the reference's preprocessing and through this classifier's."""
@@ -273,37 +299,50 @@ class Classifier:
         return [self.postprocess(p, top_k) for p in self.forward(batch, threads=threads)]
 
     def analyse(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> Analysis:
-        """`predict` and the heatmaps of every class, from one forward pass.
+        """`predict` and the heatmaps of every class, by every method the model offers, from one forward
+        pass.
 
         Class activation maps are a matrix product on that pass's feature map. Grad-CAM maps run the
-        model's tail from it, with autograd, when a map is first asked for (`Heatmaps.needs_gradient`).
+        model's tail from it, with autograd, when a map is first asked for (`Heatmaps.needs_gradient`);
+        Score-CAM runs the whole model again, once per channel of the feature map.
         """
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
         batch = self.preprocess(rgb).unsqueeze(0)
         probabilities, features = self.forward_with_features(batch, threads=threads)
         heatmaps = None
-        if features is not None:
+        if features is not None and self._explainer is not None:
+            maps_of = functools.partial(self._maps_of, features[0], batch)
             region = self.seen_region(rgb.size)
-            if self._gradcam is None:
-                maps_of = functools.partial(class_activation_maps, features[0], self._class_weights)
-                heatmaps = Heatmaps(maps_of, self.label_index, region, full_size)
-            else:
-                maps_of = functools.partial(self._gradcam.maps, features[0])
-                heatmaps = Heatmaps(
-                    maps_of, self.label_index, region, full_size, method="Grad-CAM", needs_gradient=True
-                )
-        return Analysis(self.postprocess(probabilities[0], top_k), rgb, heatmaps)
+            heatmaps = Heatmaps(
+                maps_of, self.label_index, region, full_size, method=self.methods[0], methods=self.methods
+            )
+        predictions = self.postprocess(probabilities[0], top_k)
+        return Analysis(
+            predictions, rgb, heatmaps, dict(zip(self.labels, probabilities[0].tolist(), strict=True))
+        )
+
+    def _maps_of(
+        self, features: torch.Tensor, batch: torch.Tensor, method: str, classes: list[int]
+    ) -> np.ndarray:
+        return self._explainer.maps(method, features, batch, classes)
 
     def explain(
-        self, image: ImageInput, labels: Sequence[str] | None = None, top_k: int = 5
-    ) -> dict[str, np.ndarray]:
+        self,
+        image: ImageInput,
+        labels: Sequence[str] | None = None,
+        top_k: int = 5,
+        *,
+        method: str | None = None,
+    ) -> Explanation:
         """Label -> heatmap: where the model looked for each class.
 
         Each heatmap is a float32 (height, width) array in [0, 1] at the size of the upright photo
         (EXIF orientation applied, as `predict` sees it), zero outside the region the model saw.
         `labels` may name any of the model's labels; by default the `top_k` predicted ones, in
-        `predict`'s order.
+        `predict`'s order. `method` is one of `methods` (default: the first, CAM where the head allows,
+        else Grad-CAM; Score-CAM is slow: see `METHODS`). The answer is a dict, whose `probabilities`
+        give each label's probability and `method` the method used.
         """
         if labels is not None:
             unknown = [label for label in labels if label not in self.label_index]
@@ -311,10 +350,14 @@ class Classifier:
                 raise ValueError(f"Unknown labels: {', '.join(map(repr, unknown))}.")
         if self.no_heatmaps_reason:
             raise HeatmapsUnavailable(self.no_heatmaps_reason)
+        method = self._explainer.check(method)
         analysis = self.analyse(image, top_k)
         wanted = list(analysis.predictions if labels is None else labels)
-        analysis.heatmaps.cams(wanted)  # all at once: Grad-CAM runs the tail forward once for them all
-        return {label: analysis.heatmaps.heatmap(label) for label in wanted}
+        analysis.heatmaps.cams(wanted, method)  # all at once: Grad-CAM runs the tail once for them all
+        maps = Explanation({label: analysis.heatmaps.heatmap(label, method=method) for label in wanted})
+        maps.probabilities = {label: analysis.probabilities[label] for label in wanted}
+        maps.method = method
+        return maps
 
     @property
     def no_heatmaps_reason(self) -> str | None:
@@ -322,8 +365,8 @@ class Classifier:
         if self.cam_layers is not None or self.gradcam_layer is not None:
             return None
         return (
-            f"No heatmap for {type(self.model).__name__}: its head is not global average pooling followed by "
-            "one linear layer, which class activation maps need, and no layer is known for Grad-CAM."
+            f"No heatmap for {type(self.model).__name__}: no layer of it gives a spatial feature map (a "
+            "channels × height × width output bigger than 1 × 1), which every heatmap method reads."
         )
 
     @property
@@ -378,6 +421,15 @@ class Analysis:
     heatmaps: Heatmaps | None
     """Every class's map, made when first asked for; None where the model has none
     (`Classifier.no_heatmaps_reason` says why)."""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    """Every label's probability, from the same pass."""
+
+
+class Explanation(dict):
+    """`Classifier.explain`'s answer: label -> heatmap, plus each label's probability and the method."""
+
+    probabilities: dict[str, float]
+    method: str
 
 
 def load_classifier(

@@ -15,6 +15,14 @@ app's default configuration. "map" is page minus bars: what the heatmap costs pe
 bars are on the page. "max |Δp|" compares the engine's probabilities (the bars) with those of the PyTorch
 pass that Grad-CAM differentiates (the maps): how far apart the two can be.
 
+3. Per method (CAM, Grad-CAM, Grad-CAM++, Layer-CAM, Score-CAM) and model (DenseNet-121, ConvNeXt-T,
+ViT-B/16 with random weights, and the oracle, EfficientNet-Lite0 with real ones), 640×480, in the app's
+default configuration: bars against bars + the top class's map by that method + its overlay picture, side
+by side (Score-CAM, which takes seconds to minutes, once per model). And for the oracle, how well each
+method finds the object: on skimage's cat and espresso side by side (and swapped), the share of each
+class's heat on its own photo's half (the tests ask ≥ 80 %). Random weights can't localise anything, so
+only the oracle's localisation means something.
+
 Prints medians with min–max and the ratios to bars; writes OUT/heatmaps.json.
 """
 
@@ -33,11 +41,12 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from classifier import Classifier, load_labels  # noqa: E402
+from classifier import METHODS, Classifier, load_labels  # noqa: E402
 from image_classifier.page.answers import display_size  # noqa: E402
-from latency import jpeg_of_size, side_by_side, summary  # noqa: E402
+from latency import jpeg_of_size, side_by_side, summary, timed  # noqa: E402
 
 FALLBACK_MODELS = "convnext_tiny,vit_b_16,swin_t,mobilenet_v3_large,vgg16"
+METHOD_MODELS = "densenet121,convnext_tiny,vit_b_16,oracle"
 
 
 def page_work(classifier: Classifier, data: bytes) -> Image.Image:
@@ -102,12 +111,100 @@ def fallback_costs(names: list[str], rounds: int) -> list[dict]:
     return rows
 
 
+def method_work(classifier: Classifier, data: bytes, method: str) -> Image.Image:
+    """The Photo tab's work for a photo with `method` chosen: the bars, then the top class's map by it."""
+    analysis = classifier.analyse(data)
+    top = next(iter(analysis.predictions))
+    return analysis.heatmaps.overlay(display_size(analysis.image), top, method=method)
+
+
+def named_classifier(name: str) -> Classifier:
+    if name == "oracle":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from oracle import load_oracle
+
+        return load_oracle()
+    return Classifier(random_model(name), load_labels(), device="cpu")
+
+
+def method_costs(names: list[str], rounds: int) -> list[dict]:
+    print("\n3. Per method, 640×480: bars vs bars + the top class's map by that method (median, min–max)")
+    data = jpeg_of_size(640, 480)
+    rows = []
+    for name in names:
+        classifier = named_classifier(name)
+        quick = {method: METHODS[method] for method in classifier.methods if not METHODS[method].slow}
+        contenders = {"bars": lambda c=classifier: c.predict(data)}
+        for method in quick:
+            contenders[method] = lambda c=classifier, m=method: method_work(c, data, m)
+        times = side_by_side(contenders, rounds)
+        for method in classifier.methods:
+            if method not in quick:  # seconds to minutes: once, beside one more time for the bars
+                times[method] = [timed(lambda c=classifier, m=method: method_work(c, data, m))]
+                times["bars"].append(timed(lambda c=classifier: c.predict(data)))
+        bars = statistics.median(times["bars"])
+        print(f"  {name:<14} {classifier.engine:<14} bars {summary(times['bars'])}", flush=True)
+        for method in classifier.methods:
+            extra = statistics.median(times[method]) - bars
+            rows.append(
+                {
+                    "model": name,
+                    "method": method,
+                    "engine": classifier.engine,
+                    "bars_ms": bars,
+                    "median_ms": statistics.median(times[method]),
+                    "map_ms": extra,
+                    "samples": len(times[method]),
+                }
+            )
+            print(
+                f"    {method:<11} {summary(times[method])}  map +{extra:8.1f} ms  "
+                f"{statistics.median(times[method]) / bars:6.2f}× bars",
+                flush=True,
+            )
+    return rows
+
+
+def localisation(methods: list[str]) -> dict[str, dict[str, float]]:
+    """The oracle's share of each class's heat on its own photo, per method, on the two composites."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_heatmaps import CAT, COFFEE, left_share, side_by_side
+
+    from oracle import load_oracle
+    from photos import real_photo
+
+    oracle = load_oracle()
+    cat, coffee = real_photo("chelsea"), real_photo("coffee")
+    print("\n   The oracle's localisation: each class's share of its heat on its own photo")
+    scores = {}
+    for method in methods:
+        left = oracle.explain(side_by_side(cat, coffee), labels=[CAT, COFFEE], method=method)
+        right = oracle.explain(side_by_side(coffee, cat), labels=[CAT, COFFEE], method=method)
+        shares = {
+            "cat left": left_share(left[CAT]),
+            "espresso right": 1 - left_share(left[COFFEE]),
+            "cat right": 1 - left_share(right[CAT]),
+            "espresso left": left_share(right[COFFEE]),
+        }
+        scores[method] = shares
+        print(
+            f"    {method:<11} "
+            + "  ".join(f"{k} {v:.0%}" for k, v in shares.items())
+            + f"  (lowest {min(shares.values()):.0%})",
+            flush=True,
+        )
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where heatmaps.json goes")
     parser.add_argument(
         "--fallback-models", default=FALLBACK_MODELS, help=f"section 2's models (default {FALLBACK_MODELS})"
+    )
+    parser.add_argument(
+        "--method-models", default=METHOD_MODELS, help=f"section 3's models (default {METHOD_MODELS})"
     )
     args = parser.parse_args()
     rounds = 2 if args.quick else 30
@@ -140,9 +237,19 @@ def main() -> None:
             ratio = medians[name] / medians["bars"]
             print(f"    {name:<8} {summary(samples)}  {ratio:5.2f}× bars")
     fallback = fallback_costs(fallback_models, 1 if args.quick else 5)
+    method_models = ["mobilenet_v3_small"] if args.quick else args.method_models.split(",")
+    methods = method_costs(method_models, 1 if args.quick else 5)
+    located = localisation(["CAM"] if args.quick else list(METHODS))
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "heatmaps.json"
-    results = {"model": type(model).__name__, "engine": classifier.engine, "rows": rows, "fallback": fallback}
+    results = {
+        "model": type(model).__name__,
+        "engine": classifier.engine,
+        "rows": rows,
+        "fallback": fallback,
+        "methods": methods,
+        "localisation": located,
+    }
     target.write_text(json.dumps(results))
     print(f"wrote {target}")
 

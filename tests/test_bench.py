@@ -59,6 +59,10 @@ def test_heatmap_benchmark_runs(tmp_path):
     (fallback,) = results["fallback"]
     assert fallback["model"] == "mobilenet_v3_small" and fallback["method"] == "Grad-CAM"
     assert fallback["map_ms"] == fallback["median_ms"]["page"] - fallback["median_ms"]["bars"]
+    methods = {row["method"]: row for row in results["methods"]}
+    assert list(methods) == ["Grad-CAM", "Grad-CAM++", "Layer-CAM", "Score-CAM"]  # no CAM: not its head
+    assert all(row["model"] == "mobilenet_v3_small" and row["median_ms"] > 0 for row in methods.values())
+    assert min(results["localisation"]["CAM"].values()) >= 0.8
 
 
 def test_heatmap_libraries_benchmark_runs(tmp_path):
