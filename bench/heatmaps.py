@@ -2,6 +2,7 @@
 
     python bench/heatmaps.py            # a few minutes on 2 cores
     python bench/heatmaps.py --quick    # tiny smoke run (the test suite uses it)
+    python bench/heatmaps.py --sections 3   # the methods only (about 20 minutes on 2 busy cores)
 
 1. DenseNet-121 on the CPU in the app's default configuration (random weights: same compute as the
 pretrained ones, which can't be downloaded here), JPEG bytes in. Three contenders, timed round-robin:
@@ -203,16 +204,36 @@ def main() -> None:
     parser.add_argument(
         "--fallback-models", default=FALLBACK_MODELS, help=f"section 2's models (default {FALLBACK_MODELS})"
     )
+    parser.add_argument("--sections", default="1,2,3", help="which sections to run (default 1,2,3)")
     parser.add_argument(
         "--method-models", default=METHOD_MODELS, help=f"section 3's models (default {METHOD_MODELS})"
     )
     args = parser.parse_args()
-    rounds = 2 if args.quick else 30
-    sizes = [(640, 480)] if args.quick else [(640, 480), (4032, 3024)]
-    fallback_models = ["mobilenet_v3_small"] if args.quick else args.fallback_models.split(",")
+    sections = set(args.sections.split(","))
+    results: dict[str, object] = {}
+    if "1" in sections:
+        results.update(bars_costs(args.quick))
+    if "2" in sections:
+        fallback_models = ["mobilenet_v3_small"] if args.quick else args.fallback_models.split(",")
+        results["fallback"] = fallback_costs(fallback_models, 1 if args.quick else 5)
+    if "3" in sections:
+        method_models = ["mobilenet_v3_small"] if args.quick else args.method_models.split(",")
+        results["methods"] = method_costs(method_models, 1 if args.quick else 5)
+        results["localisation"] = localisation(["CAM"] if args.quick else list(METHODS))
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "heatmaps.json"
+    if target.exists():  # the sections not run this time keep their last figures
+        results = {**json.loads(target.read_text()), **results}
+    target.write_text(json.dumps(results))
+    print(f"wrote {target}")
 
+
+def bars_costs(quick: bool) -> dict[str, object]:
+    """Section 1: DenseNet-121 (ResNet-18 when quick), bars against page and explain."""
+    rounds = 2 if quick else 30
+    sizes = [(640, 480)] if quick else [(640, 480), (4032, 3024)]
     torch.manual_seed(0)
-    model = torchvision.models.resnet18() if args.quick else torchvision.models.densenet121()
+    model = torchvision.models.resnet18() if quick else torchvision.models.densenet121()
     classifier = Classifier(model, load_labels(), device="cpu")
     print(f"1. {type(model).__name__}, engine {classifier.engine}, {torch.get_num_threads()} threads")
     print("photo -> bars (predict) vs bars + five heatmaps (median, min–max)")
@@ -236,22 +257,7 @@ def main() -> None:
         for name, samples in times.items():
             ratio = medians[name] / medians["bars"]
             print(f"    {name:<8} {summary(samples)}  {ratio:5.2f}× bars")
-    fallback = fallback_costs(fallback_models, 1 if args.quick else 5)
-    method_models = ["mobilenet_v3_small"] if args.quick else args.method_models.split(",")
-    methods = method_costs(method_models, 1 if args.quick else 5)
-    located = localisation(["CAM"] if args.quick else list(METHODS))
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / "heatmaps.json"
-    results = {
-        "model": type(model).__name__,
-        "engine": classifier.engine,
-        "rows": rows,
-        "fallback": fallback,
-        "methods": methods,
-        "localisation": located,
-    }
-    target.write_text(json.dumps(results))
-    print(f"wrote {target}")
+    return {"model": type(model).__name__, "engine": classifier.engine, "rows": rows}
 
 
 if __name__ == "__main__":
