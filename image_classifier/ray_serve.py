@@ -37,6 +37,7 @@ from image_classifier.decoding import ImageInput, decode_image
 from image_classifier.heatmaps import Heatmaps
 from image_classifier.metrics import Busy
 from image_classifier.model_set import LoadedModel, ModelNotOffered, refusal
+from image_classifier.serve_options import ServeOptions
 from image_classifier.tuner import EngineChoice
 
 logger = logging.getLogger(__name__)
@@ -356,22 +357,6 @@ class RemoteModels:
 
 
 # --- deployments ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the model replicas are sized and scaled (app.py's --replicas, --autoscale, --replica-*)."""
-
-    replicas: int = 1
-    autoscale: tuple[int, int] | None = None
-    """(min, max) replicas, scaled by Serve on load; `replicas` is ignored then."""
-    replica_cpus: float = 1.0
-    replica_gpus: float = 0.0
-    replica_threads: int | None = None
-    max_queued: int = 32
-    """Requests the model deployment holds waiting before it turns more away (`Busy`)."""
-    target_ongoing: float = 2.0
-    """Autoscaling's target of requests in flight per replica."""
 
 
 def model_deployment(load: Callable[[], ModelSet[Classifier]], options: ServeOptions):

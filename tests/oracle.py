@@ -43,7 +43,10 @@ def oracle_set():
     from classifier import ModelSet, time_one_photo
 
     return ModelSet(
-        {"efficientnet_lite0": load_oracle, "efficientnet_lite0_gradcam": lambda: load_oracle(heatmaps="gradcam")},
+        {
+            "efficientnet_lite0": load_oracle,
+            "efficientnet_lite0_gradcam": lambda: load_oracle(heatmaps="gradcam"),
+        },
         memory_mb_of=lambda classifier: classifier.memory_mb,
         timed=time_one_photo,
     )

@@ -1,0 +1,146 @@
+"""The page with its models on Ray Serve replicas (`python app.py --serve`), and the health checks and
+metrics the page has with or without it.
+
+One server for the module: a local Ray of its own, two model replicas of one thread each, the page in front
+(Ray's start-up is slow on 2 cores; every wait is bounded). Ray is optional: without it the Serve tests
+skip, except in CI (CI=true), where .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from photos import real_photo
+from ray_serving import get, replica_processes, serve_app
+from torch_home import SMALL_MODELS
+
+from classifier import load_classifier
+
+DEFAULT, OTHER = "resnet18", "shufflenet_v2_x0_5"
+assert {DEFAULT, OTHER} <= set(SMALL_MODELS)
+SERVE_OPTIONS = ["--serve", "--replicas", "2", "--replica-threads", "1", "--replica-cpus", "0.5"]
+SERVE_OPTIONS += ["--models", f"{DEFAULT},{OTHER}", "--model", DEFAULT, "--precision", "exact"]
+
+
+def requests_total(metrics: str, endpoint: str, model: str, outcome: str) -> float:
+    pattern = (
+        rf'image_classifier_requests_total{{endpoint="{endpoint}",model="{model}",outcome="{outcome}"}} (\S+)'
+    )
+    found = re.search(pattern, metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+def need_ray() -> None:
+    if os.environ.get("CI") != "true":
+        pytest.importorskip("ray.serve", reason="optional: pip install -r requirements-ray.txt")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "chelsea.jpg"
+    real_photo("chelsea").save(path, quality=90)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(torch_home, offline_env, tmp_path_factory):
+    need_ray()
+    log = tmp_path_factory.mktemp("serve") / "app.log"
+    env = dict(offline_env, TORCH_HOME=str(torch_home))
+    with serve_app(SERVE_OPTIONS, log, env=env, timeout=420) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def serve_client(served) -> Client:
+    return Client(served.url, verbose=False)
+
+
+def local(name: str):
+    return load_classifier(name, device="cpu", precision="exact")
+
+
+def test_readyz_says_why_until_the_default_model_answers(served):
+    statuses = [status for status, _ in served.readiness]
+    assert statuses[-1] == 200
+    assert 503 in statuses, served.readiness  # the page answered before the replicas were ready
+    not_ready = next(text for status, text in served.readiness if status == 503)
+    assert f"the default model {DEFAULT}" in not_ready
+    assert get(served.url + "healthz") == (200, "ok\n")
+
+
+def test_a_real_photo_gets_the_local_classifiers_top_5(served, serve_client, photo, torch_home):
+    answer = serve_client.predict(handle_file(str(photo)), api_name="/predict")
+    expected = local(DEFAULT).predict(str(photo))
+    got = {entry["label"]: entry["confidence"] for entry in answer["confidences"]}
+    assert list(got) == list(expected)
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_classify_and_compare_answer_with_the_models_they_name(serve_client, photo, torch_home):
+    expected = {name: local(name).predict(str(photo)) for name in (DEFAULT, OTHER)}
+
+    def labels(answer: dict) -> list[str]:
+        return [entry["label"] for entry in answer["confidences"]]
+
+    assert labels(serve_client.predict(handle_file(str(photo)), OTHER, api_name="/classify")) == list(
+        expected[OTHER]
+    )
+    a, b = serve_client.predict(handle_file(str(photo)), OTHER, DEFAULT, api_name="/compare")
+    assert labels(a) == list(expected[OTHER]) and labels(b) == list(expected[DEFAULT])
+
+
+def test_a_bad_file_gets_its_plain_error(serve_client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo at all")
+    with pytest.raises(AppError, match="This file is not an image we can read"):
+        serve_client.predict(handle_file(str(bad)), api_name="/predict")
+
+
+def test_metrics_count_requests(served, serve_client, photo):
+    before = get(served.url + "metrics")[1]
+    serve_client.predict(handle_file(str(photo)), api_name="/predict")
+    status, after = get(served.url + "metrics")
+    assert status == 200
+    ok = requests_total(after, "predict", DEFAULT, "ok")
+    assert ok == requests_total(before, "predict", DEFAULT, "ok") + 1
+    assert re.search(r"image_classifier_models_loaded \d", after)
+    assert "image_classifier_request_duration_seconds_bucket" in after
+    assert "chelsea" not in after and "127.0.0.1" not in after  # no file name, no client address
+
+
+def test_a_replica_killed_mid_load_loses_no_request(served, photo):
+    replicas = replica_processes(served)
+    assert len(replicas) == 2, replicas
+    clients = [Client(served.url, verbose=False) for _ in range(4)]
+
+    def send(i: int) -> dict:
+        return clients[i % 4].predict(handle_file(str(photo)), api_name="/predict")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(send, i) for i in range(16)]
+        deadline = time.monotonic() + 120
+        while not any(answer.done() for answer in answers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(replicas[0], signal.SIGKILL)  # requests are in flight on both replicas
+        results = [answer.result(timeout=240) for answer in answers]
+    assert all(result["label"] == results[0]["label"] for result in results)
+
+
+def test_the_plain_app_has_health_and_metrics_and_no_ray(app_server):
+    url = app_server["url"]
+    assert get(url + "healthz") == (200, "ok\n")
+    assert get(url + "readyz") == (200, "ready\n")
+    status, metrics = get(url + "metrics")
+    assert status == 200 and "image_classifier_models_loaded 1.0" in metrics
+    maps = Path(f"/proc/{app_server['process'].pid}/maps").read_text()
+    assert "_raylet" not in maps and "/ray/" not in maps
