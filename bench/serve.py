@@ -182,7 +182,8 @@ def main() -> None:
     )
     killed = results["one replica killed"]
     print(
-        f"\n{results['machine']['cpu']}, {os.cpu_count()} CPUs; load average before {results['machine']['load_average']}"
+        f"\n{results['machine']['cpu']}, {os.cpu_count()} CPUs; "
+        f"load average before {results['machine']['load_average']}"
     )
     print(f"DenseNet-121 fp32 exact, 640×480 JPEG; {clients} clients × {per_client} requests")
     print(f"{'':<22} {'ready s':>8} {'p50 1 client':>13} {'req/s':>7} {'p50 loaded':>11} {'replica MB':>11}")
@@ -195,9 +196,8 @@ def main() -> None:
         )
     print(f"throughput, 2 replicas / 1 replica: {two['throughput'] / one['throughput']:.2f}× (target ≥ 1.7×)")
     overhead = one["p50_one_client_ms"] - plain["p50_one_client_ms"]
-    print(
-        f"Serve's overhead, p50 of one client: {overhead:+.0f} ms ({one['p50_one_client_ms'] / plain['p50_one_client_ms']:.2f}×)"
-    )
+    ratio = one["p50_one_client_ms"] / plain["p50_one_client_ms"]
+    print(f"Serve's overhead, p50 of one client: {overhead:+.0f} ms ({ratio:.2f}×)")
     print(
         f"one replica killed: {killed['failed']} of {killed['requests']} requests failed; two replicas serve "
         f"again {killed['two_replicas_again_after_s']:.1f} s after the kill"

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,10 +94,8 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
         process.wait()
     for pid in session_processes(process.pid):  # Ray's own processes, if any outlived the driver
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 def session_processes(sid: int) -> list[int]:

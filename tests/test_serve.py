@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+
+from classifier import load_classifier
 from photos import real_photo
 from ray_serving import get, replica_processes, serve_app
 from torch_home import SMALL_MODELS
-
-from classifier import load_classifier
 
 DEFAULT, OTHER = "resnet18", "shufflenet_v2_x0_5"
 assert {DEFAULT, OTHER} <= set(SMALL_MODELS)
