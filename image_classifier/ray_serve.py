@@ -48,6 +48,11 @@ BATCH_WAIT_S = 0.01
 """How long a GPU replica waits for a batch to fill."""
 CALL_TIMEOUT_S = 300.0
 """Longest wait for one replica call: a model's first load on a replica (download, conversion) included."""
+QUIET_SERVE = {"enable_access_log": False, "log_level": "WARNING"}
+"""Serve's logs: warnings and errors only, and no access log (its lines name the files a page serves, and
+so an upload's name)."""
+QUIET_WORKERS = {"GRPC_VERBOSITY": "ERROR"}
+"""gRPC's informational lines about fork() in every Ray worker."""
 BUSY = (
     "The server is busy: every model replica has as many photos waiting as it takes. Please try again in a "
     "moment."
@@ -336,8 +341,9 @@ class RemoteModels:
     def get(self, name: object) -> RemoteClassifier:
         return self.entry(name).model
 
-    def load_default(self) -> RemoteClassifier:
-        return self.get(self.default)
+    def load_default(self) -> None:
+        """Nothing to wait for: the replicas load the default model as they start, and the page answers
+        meanwhile (/readyz says when the model can)."""
 
     def is_loaded(self, name: str) -> bool:
         with self._lock:
@@ -371,6 +377,7 @@ def model_deployment(load: Callable[[], ModelSet[Classifier]], options: ServeOpt
         "max_queued_requests": options.max_queued,
         "health_check_period_s": 5.0,
         "health_check_timeout_s": 30.0,
+        "logging_config": QUIET_SERVE,
     }
     if options.autoscale:
         low, high = options.autoscale
@@ -417,13 +424,22 @@ def page_application(
     options: ServeOptions,
 ):
     """The whole Serve application: one page replica in front of the model replicas."""
-    page = serve.deployment(PageIngress, name="page", num_replicas=1, ray_actor_options={"num_cpus": 0})
+    page = serve.deployment(
+        PageIngress,
+        name="page",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,  # Gradio queues and limits the page's own requests
+        logging_config=QUIET_SERVE,
+    )
     return page.bind(model_deployment(load, options), build, names, default, memory_mb)
 
 
-def start(address: str | None, host: str, port: int, root: str) -> None:
-    """Connect to `address` (or $RAY_ADDRESS), else start a local Ray on this machine's cores; then Serve
-    with its HTTP proxy on host:port. `root` (this project) goes on the workers' Python path."""
+def start(address: str | None, host: str, port: int, root: str) -> bool:
+    """Connect to `address` (or $RAY_ADDRESS), else start a local Ray on this machine's cores, with `root`
+    (this project) on its workers' Python path; then Serve, its HTTP proxy on host:port. On a cluster the
+    project comes with the job (`ray job submit --working-dir .`) or the nodes' image. True where Ray was
+    started here."""
     import ray
 
     from image_classifier.ray_batch import QUIET_RAY
@@ -432,16 +448,15 @@ def start(address: str | None, host: str, port: int, root: str) -> None:
         os.environ.setdefault(name, value)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {
-        "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    }
     if address is None:
+        python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         ray.init(
             num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
             logging_level=logging.WARNING,
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": {**QUIET_WORKERS, "PYTHONPATH": python_path}},
         )
     else:
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
-    serve.start(http_options={"host": host, "port": port})
+        ray.init(address=address, logging_level=logging.WARNING)
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_SERVE)
+    return address is None
