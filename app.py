@@ -5,14 +5,21 @@ reads the command line and launches it (Hugging Face Spaces runs `app.py`).
 python app.py                      # http://127.0.0.1:7860
 python app.py --share              # plus a temporary public link
 python app.py --models resnet50,vit_b_16 --model resnet50   # the models on offer, and the first one shown
+python app.py --serve --replicas 2  # the models on Ray Serve replicas: a local Ray, or $RAY_ADDRESS's cluster
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
 
 from classifier import (
     DEFAULT_MAX_PIXELS,
@@ -21,8 +28,10 @@ from classifier import (
     ModelLoadError,
     add_model_arguments,
     classifier_set,
+    offered_models,
 )
 from image_classifier import batch
+from image_classifier.metrics import PageMetrics, health_routes, loaded_models, model_set_readiness
 from image_classifier.page import build_demo, launch_options
 from image_classifier.page.settings import (
     DELETE_CACHE,
@@ -32,6 +41,11 @@ from image_classifier.page.settings import (
     QUEUE_SIZE,
     UPLOAD_MAX_SIDE,
 )
+from image_classifier.serve_options import ServeOptions, add_serve_arguments, serve_options
+
+ROOT = Path(__file__).resolve().parent
+SERVE_APP = "image-classifier"
+"""The Serve application's name (`serve status` shows it)."""
 
 __all__ = [
     "DELETE_CACHE",
@@ -41,6 +55,7 @@ __all__ = [
     "launch_options",
     "main",
     "parse_args",
+    "serve_application",
 ]
 
 
@@ -66,7 +81,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"(default {DEFAULT_MODEL_MEMORY_MB})",
     )
     add_limit_arguments(parser)
+    add_serve_arguments(parser)
     args = parser.parse_args(argv)
+    args.serve_options = serve_options(parser, args)
     if args.upload_max_side < 0:
         parser.error("--upload-max-side takes a number of pixels, or 0 to send photos as they are")
     if args.max_streams < 1 or args.live_time_limit <= 0:
@@ -121,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("image_classifier")  # the engine choice, cache repairs: one line each
     log.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler())
+    if args.serve_options:
+        return serve_main(args)
     try:
         models = classifier_set(
             args.models,
@@ -136,21 +155,116 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    demo = build_demo(
-        models,
-        queue_size=args.queue_size,
-        max_batch_files=args.max_batch_files,
-        upload_max_side=args.upload_max_side,
-        live_time_limit=args.live_time_limit,
-        max_streams=args.max_streams,
-    )
+    metrics = PageMetrics(models.names, models=loaded_models(models), refusals=(gr.Error,))
+    demo = build_demo(models, metrics=metrics, **page_options(args))
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share or None,  # None: Gradio's own default, a link only where GRADIO_SHARE asks
-        **launch_options(args.max_file_size),
+        **launch_options(args.max_file_size, routes=health_routes(metrics, model_set_readiness(models))),
     )
     return 0
+
+
+def page_options(args: argparse.Namespace) -> dict:
+    """`build_demo`'s options from the command line."""
+    return {
+        "queue_size": args.queue_size,
+        "max_batch_files": args.max_batch_files,
+        "upload_max_side": args.upload_max_side,
+        "live_time_limit": args.live_time_limit,
+        "max_streams": args.max_streams,
+    }
+
+
+# --- the models on Ray Serve -----------------------------------------------------------------------
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """`--serve`: Ray (local, or a cluster), Serve's HTTP proxy on --host/--port, the page and the model
+    replicas deployed; until stopped (Ctrl-C, SIGTERM), then Serve is shut down."""
+    try:
+        from ray import serve
+
+        from image_classifier import ray_serve
+    except ImportError:
+        print("error: --serve needs Ray Serve: pip install -r requirements-ray.txt", file=sys.stderr)
+        return 1
+    try:
+        application = serve_application_of(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # to the `finally` below, like Ctrl-C
+    ray_serve.start(args.ray_address, host, port, str(ROOT))
+    try:
+        print(f"* Running on http://{host}:{port}/ (the page; its models on Ray Serve replicas)", flush=True)
+        serve.run(application, name=SERVE_APP, route_prefix="/", blocking=False)
+        print(f"* Ready: {describe_replicas(args.serve_options)}", flush=True)
+        signal.pause()
+    except RuntimeError as e:  # a deployment that could not start: its replicas' errors are logged above
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def describe_replicas(options: ServeOptions) -> str:
+    if options.autoscale:
+        return f"{options.autoscale[0]} to {options.autoscale[1]} model replicas, scaled on load"
+    return f"{options.replicas} model replica{'s' if options.replicas > 1 else ''}"
+
+
+def serve_application_of(args: argparse.Namespace):
+    """The Serve application (the page and the model replicas) that the command line describes; the model
+    set is built on each replica, as `classifier_set` builds it for the plain app."""
+    from image_classifier import ray_serve
+    from image_classifier.page.serving import serve_page
+
+    names = offered_models(args.models)  # a ValueError, in words, for a name torchvision lacks
+    if args.model not in names:
+        names = [*offered_models([args.model]), *names]
+    max_pixels = round(args.max_megapixels * 1e6)
+    load = functools.partial(
+        classifier_set,
+        names,
+        default=args.model,
+        weights=os.path.abspath(args.weights) if args.weights else None,  # replicas run in other folders
+        device=args.device,
+        max_pixels=max_pixels,
+        precision=args.precision,
+        engine=args.engine,
+        memory_mb=args.model_memory,
+    )
+    options = args.serve_options or ServeOptions(max_queued=args.queue_size)
+    replicas = options.autoscale[1] if options.autoscale else options.replicas
+    per_replica = ray_serve.MAX_BATCH_SIZE if options.replica_gpus else 2
+    build = functools.partial(
+        serve_page,
+        max_file_size=args.max_file_size,
+        concurrency=replicas * per_replica,  # enough requests in flight for every replica (and batch)
+        max_pixels=max_pixels,
+        **page_options(args),
+    )
+    return ray_serve.page_application(load, build, names, args.model, args.model_memory, options)
+
+
+def serve_application(args: dict):
+    """Serve's application builder (`import_path: app:serve_application`, as in deploy/rayservice.yaml):
+    `args` holds app.py's options by name, e.g. {"models": "densenet121,resnet50", "replicas": 2}."""
+    argv = ["--serve"]
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, str(value)]
+    return serve_application_of(parse_args(argv))
 
 
 if __name__ == "__main__":

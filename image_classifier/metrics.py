@@ -23,9 +23,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from image_classifier.decoding import ImageError
-from image_classifier.model_set import ModelNotOffered
-
 PREFIX = "image_classifier"
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Seconds: a live frame (tens of ms) up to a model's first load (a minute or two)."""
@@ -40,17 +37,20 @@ class Busy(RuntimeError):
     """The servers are full: the request was turned away at once rather than queued (the message says so)."""
 
 
-def outcome_of(error: BaseException | None) -> str:
-    """The outcome label of a request that raised `error` (None: answered). The page turns errors into
-    messages `from None`: the original is still its `__context__`, and counts."""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, (ImageError, ModelNotOffered)):
-            return "refused"
-        if isinstance(error, Busy):
-            return "busy"
-        error, seen = error.__context__, seen + 1
-    return "error" if seen else "ok"
+def outcome_of(error: BaseException | None, refusals: tuple[type[BaseException], ...] = (ValueError,)) -> str:
+    """The outcome label of a request that raised `error` (None: answered), read from the first error of
+    its chain: the page turns errors into messages `from None`, and the original is still their
+    `__context__`. A `ValueError` (a bad file, a model not offered) or one of `refusals` is the request's
+    fault, `Busy` the servers', anything else an error."""
+    if error is None:
+        return "ok"
+    for _ in range(5):
+        if error.__context__ is None:
+            break
+        error = error.__context__
+    if isinstance(error, Busy):
+        return "busy"
+    return "refused" if isinstance(error, (ValueError, *refusals)) else "error"
 
 
 class PageMetrics:
@@ -58,7 +58,8 @@ class PageMetrics:
     each scrape the photos waiting, the models loaded with their memory, and the live streams running.
 
     `models()` gives (name, memory in MB) of the loaded models, `waiting()` the requests in the page's queue;
-    `offered` are the model names that may appear as a label.
+    `offered` are the model names that may appear as a label; `refusals` are the exceptions, besides
+    `ValueError`, that say the request was at fault (the page's own refusals, in words).
     """
 
     def __init__(
@@ -67,8 +68,10 @@ class PageMetrics:
         *,
         models: Callable[[], list[tuple[str, float]]] = list,
         waiting: Callable[[], int] = lambda: 0,
+        refusals: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.offered = set(offered)
+        self.refusals = refusals
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -83,7 +86,7 @@ class PageMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self._models, self._waiting = models, waiting
+        self._models, self.queue_length = models, waiting
         self._streams: dict[str, float] = {}
         self._streams_lock = threading.Lock()
         self.registry.register(_Gauges(self))
@@ -98,7 +101,7 @@ class PageMetrics:
         try:
             yield
         except BaseException as e:
-            self.count(endpoint, model, outcome_of(e), started)
+            self.count(endpoint, model, outcome_of(e, self.refusals), started)
             raise
         self.count(endpoint, model, "ok", started)
 
@@ -135,7 +138,7 @@ class _Gauges:
 
     def collect(self):
         waiting = GaugeMetricFamily(f"{PREFIX}_photos_waiting", "Requests waiting in the page's queue.")
-        waiting.add_metric([], self.metrics._waiting())
+        waiting.add_metric([], self.metrics.queue_length())
         loaded = self.metrics._models()
         count = GaugeMetricFamily(f"{PREFIX}_models_loaded", "Models loaded and ready to answer.")
         count.add_metric([], len(loaded))
@@ -174,6 +177,16 @@ def health_routes(metrics: PageMetrics, not_ready: Callable[[], str | None]) -> 
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+
+
+def loaded_models(models) -> Callable[[], list[tuple[str, float]]]:
+    """`PageMetrics`'s `models` for a model set (a `ModelSet`, or the page's remote models): the loaded
+    ones, with the memory each is counted for."""
+
+    def loaded() -> list[tuple[str, float]]:
+        return [(name, entry.memory_mb) for name in models.names if (entry := models.measured(name))]
+
+    return loaded
 
 
 def model_set_readiness(models) -> Callable[[], str | None]:

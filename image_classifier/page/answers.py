@@ -7,6 +7,7 @@ how many classes to show, and the rule that photos go ahead of live webcam frame
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -17,9 +18,10 @@ from classifier import Classifier, ImageError, NonFiniteResultError
 from image_classifier.heatmaps import Heatmaps
 from image_classifier.heatmaps import overlay as overlay_heatmap
 from image_classifier.live import PhotosFirst
+from image_classifier.metrics import Busy, PageMetrics
 
 from .models import ModelSource, classifier_named
-from .settings import DISPLAY_SIDE
+from .settings import DISPLAY_SIDE, MODEL_CONCURRENCY
 
 NO_PHOTO = "Add a photo first: upload, paste or take one with the webcam."
 
@@ -115,6 +117,8 @@ def analyse(
         raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
     except NonFiniteResultError as e:  # logged with the model and engine where it was raised
         raise gr.Error(str(e), title="No answer", print_exception=False) from None
+    except Busy as e:  # the model replicas are full (--serve)
+        raise gr.Error(str(e), title="Busy", print_exception=False) from None
     if analysis.heatmaps is None:
         return analysis.predictions, None
     display = display_size(analysis.image)
@@ -127,11 +131,18 @@ def analyse(
 
 @dataclass(frozen=True)
 class Answers:
-    """How the page answers photos: through `models`, `top_k` classes, photos ahead of live frames."""
+    """How the page answers photos: through `models`, `top_k` classes, photos ahead of live frames;
+    `concurrency` requests at once per event that runs a model, each counted in `metrics`."""
 
     models: ModelSource
     top_k: int = 5
     photos_first: PhotosFirst = field(default_factory=PhotosFirst)
+    concurrency: int = MODEL_CONCURRENCY
+    metrics: PageMetrics | None = None
+
+    def metered(self, endpoint: str, model: object) -> AbstractContextManager:
+        """Count and time the request run inside, under `endpoint` and `model` (see PageMetrics)."""
+        return nullcontext() if self.metrics is None else self.metrics.request(endpoint, model)
 
     def classifier(self, name: object) -> Classifier:
         """The model called `name`, loaded if need be; refusals and failed loads in plain words."""
@@ -149,6 +160,8 @@ class Answers:
             raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
         except NonFiniteResultError as e:  # logged with the model and engine where it was raised
             raise gr.Error(str(e), title="No answer", print_exception=False) from None
+        except Busy as e:  # the model replicas are full (--serve)
+            raise gr.Error(str(e), title="Busy", print_exception=False) from None
 
     def analyse(self, classifier: Classifier, image: str) -> tuple[dict[str, float], ShownPhoto | None]:
         """`analyse`, ahead of any live frames."""

@@ -10,7 +10,6 @@ from PIL import Image
 from .answers import NO_PHOTO, Answers, top_heatmap
 from .compare import CompareTab
 from .photo import PhotoTab
-from .settings import MODEL_CONCURRENCY
 
 
 def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> None:
@@ -19,23 +18,27 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
 
     def predict(image: str | None) -> dict[str, float]:
         """`/predict`: the default model's top classes."""
-        return answers.classify(image, default)
+        with answers.metered("predict", default):
+            return answers.classify(image, default)
 
     def classify(image: str | None, name: str) -> dict[str, float]:
         """The top classes of a photo by the model called `name`: the label value of `/classify`."""
-        return answers.classify(image, name)
+        with answers.metered("classify", name):
+            return answers.classify(image, name)
 
     def compare(image: str | None, name_a: str, name_b: str) -> tuple[dict[str, float], dict[str, float]]:
         """`/compare`: two models' top classes for one photo."""
-        return answers.classify(image, name_a), answers.classify(image, name_b)
+        with answers.metered("compare", name_a), answers.metered("compare", name_b):
+            return answers.classify(image, name_a), answers.classify(image, name_b)
 
     def explain(image: str | None) -> tuple[dict[str, float], Image.Image | None]:
         """The label value and the top class's heatmap picture (none where the model has no heatmaps):
         `/explain`."""
-        if image is None:
-            raise gr.Error(NO_PHOTO)
-        predictions, shown = answers.analyse(answers.classifier(default), image)
-        return predictions, None if shown is None else top_heatmap(shown)
+        with answers.metered("explain", default):
+            if image is None:
+                raise gr.Error(NO_PHOTO)
+            predictions, shown = answers.analyse(answers.classifier(default), image)
+            return predictions, None if shown is None else top_heatmap(shown)
 
     gr.Button(visible=False).click(predict, photo.photo, photo.bars, api_name="predict")
     gr.Button(visible=False).click(explain, photo.photo, [photo.bars, photo.overlay], api_name="explain")
@@ -44,12 +47,12 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         [photo.photo, photo.picker],
         photo.bars,
         api_name="classify",
-        concurrency_limit=MODEL_CONCURRENCY,
+        concurrency_limit=answers.concurrency,
     )
     gr.Button(visible=False).click(
         compare,
         [compared.photo, compared.model_a, compared.model_b],
         [compared.bars_a, compared.bars_b],
         api_name="compare",
-        concurrency_limit=MODEL_CONCURRENCY,
+        concurrency_limit=answers.concurrency,
     )

@@ -12,7 +12,7 @@ import gradio as gr
 from .answers import Answers, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import load_with_progress, model_choices
-from .settings import MODEL_CONCURRENCY, PAGE_ONLY, Limits
+from .settings import PAGE_ONLY, Limits
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,16 @@ def _wire(answers: Answers, compared: CompareTab) -> None:
         """`last` (the models shown) is given when a model was changed: the same two again need no work."""
         if last is not None and (name_a, name_b) == tuple(last):
             return (gr.skip(),) * (len(compared.outputs) + 1)
-        return *side_by_side(answers, image, (name_a, name_b), progress), (name_a, name_b)
+        with answers.metered("compare_tab", name_a), answers.metered("compare_tab", name_b):
+            return *side_by_side(answers, image, (name_a, name_b), progress), (name_a, name_b)
 
     inputs = [compared.photo, compared.model_a, compared.model_b]
     outputs = [*compared.outputs, compared.last_models]
-    options = {"show_progress_on": compared.progress_on, "concurrency_limit": MODEL_CONCURRENCY, **PAGE_ONLY}
+    options = {
+        "show_progress_on": compared.progress_on,
+        "concurrency_limit": answers.concurrency,
+        **PAGE_ONLY,
+    }
     put_back = (lambda last: last, compared.last_models, [compared.model_a, compared.model_b])
     compared.photo.change(compare_on_page, inputs, outputs, **options).failure(*put_back, **PAGE_ONLY)
     gr.on(

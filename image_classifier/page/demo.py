@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 import gradio as gr
 
 from classifier import Classifier
 from image_classifier.batch import DEFAULT_MAX_BATCH_FILES
+from image_classifier.metrics import PageMetrics
 from image_classifier.model_set import limit_malloc_arenas
 
 from .answers import Answers
@@ -46,6 +48,9 @@ def build_demo(
     upload_max_side: int | None = UPLOAD_MAX_SIDE,
     live_time_limit: float = LIVE_TIME_LIMIT,
     max_streams: int = MAX_STREAMS,
+    metrics: PageMetrics | None = None,
+    concurrency: int | None = None,
+    max_pixels: int | None = None,
 ) -> gr.Blocks:
     """The page around one classifier (called `model_name`) or a set of models, queued; launch it with
     `launch_options()`.
@@ -54,12 +59,19 @@ def build_demo(
     and the heatmap of the top class), `/classify` (photo, model -> top-k) and `/compare` (photo, model A,
     model B -> two top-k). The browser shrinks photos to `upload_max_side` pixels before uploading them
     (None or 0: it sends them as they are).
+
+    `metrics` counts the requests (and is told the queue's length); `concurrency` is how many requests each
+    event that runs a model takes at once (default: two for the events that name a model, one for the rest;
+    models on Serve replicas take more, so that batches form). `max_pixels` is the default model's limit,
+    for the browser's shrinking (default: asked of the model, which remote models answer only once loaded).
     """
     limit_malloc_arenas()  # before the server's worker threads: its memory stays flat under load
     models = as_model_set(classifier, model_name)
     models.load_default()
     limits = Limits(top_k, max_batch_files, upload_max_side, live_time_limit, max_streams)
-    answers = Answers(models, top_k)  # one per page: live streams give way to its photos
+    answers = Answers(models, top_k, metrics=metrics)  # one per page: live streams give way to its photos
+    if concurrency is not None:
+        answers = replace(answers, concurrency=concurrency)
     # Uploads and results are deleted by `server.clean_cache` (see launch_options), not Gradio's delete_cache.
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n\n{description(models, model_name)}")
@@ -69,11 +81,12 @@ def build_demo(
         many_tab(answers, chosen, limits)
         compared = compare_tab(answers, examples, limits)
         if upload_max_side:  # in the browser only: API clients send what they like
-            demo.load(
-                None, js=shrink_uploads_js(upload_max_side, answers.classifier(models.default).max_pixels)
-            )
+            max_pixels = max_pixels or answers.classifier(models.default).max_pixels
+            demo.load(None, js=shrink_uploads_js(upload_max_side, max_pixels))
         api_endpoints(answers, photo, compared)
-    return demo.queue(max_size=queue_size)
+    if metrics is not None:
+        metrics.queue_length = lambda: len(demo._queue)  # Gradio's queue: requests not yet started
+    return demo.queue(max_size=queue_size, default_concurrency_limit=concurrency or "not_set")
 
 
 def description(models: ModelSource, model_name: str) -> str:

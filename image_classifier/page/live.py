@@ -57,7 +57,9 @@ def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
         gr.HTML("", js_on_load=LIVE_ACCESSIBILITY, container=False, padding=False)
         figures = gr.State(LiveFigures())  # one per browser tab
 
-    def classify_frame(frame: bytes | None, figures: LiveFigures, name: str):
+    def classify_frame(frame: bytes | None, figures: LiveFigures, name: str, request: gr.Request):
+        if answers.metrics is not None:
+            answers.metrics.live_frame(request.session_hash)  # a running stream, never shown
         try:
             answer = answer_frame(
                 answers.classifier(name), frame, top_k=answers.top_k, photos_first=answers.photos_first

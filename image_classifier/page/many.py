@@ -34,16 +34,17 @@ def many_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
 
     def classify_many(files: list[str] | None, name: str, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
         """A row per file (bad ones with their error) and the same table as a CSV."""
-        try:
-            rows, csv_path = batch.classify_uploads(
-                answers.classifier(name),
-                files or [],
-                max_files=limits.max_batch_files,
-                top_k=answers.top_k,
-                progress=lambda done, total: progress((done, total), unit="photos"),
-            )
-        except ValueError as e:  # none, or too many: in plain words
-            raise gr.Error(str(e), print_exception=False) from None
+        with answers.metered("many", name):
+            try:
+                rows, csv_path = batch.classify_uploads(
+                    answers.classifier(name),
+                    files or [],
+                    max_files=limits.max_batch_files,
+                    top_k=answers.top_k,
+                    progress=lambda done, total: progress((done, total), unit="photos"),
+                )
+            except ValueError as e:  # none, or too many: in plain words
+                raise gr.Error(str(e), print_exception=False) from None
         return rows, gr.DownloadButton(value=csv_path, visible=True)
 
     many.upload(classify_many, [many, chosen], [table, download], concurrency_limit=1, **PAGE_ONLY)

@@ -21,6 +21,7 @@ from classifier import (
     model_facts,
     time_one_photo,
 )
+from image_classifier.metrics import Busy
 from image_classifier.model_set import LoadedModel
 
 from .components import ModelChoice
@@ -43,7 +44,8 @@ class ModelSource(Protocol):
     def measured(self, name: str) -> LoadedModel[Classifier] | None:
         """The loaded model with what this machine measured of it, None until it has loaded."""
 
-    def load_default(self) -> Classifier: ...
+    def load_default(self) -> Classifier | None:
+        """Load the default model now; remote models load it as their replicas start (None)."""
 
 
 def as_model_set(classifier: Classifier | ModelSource, name: str) -> ModelSource:
@@ -61,6 +63,8 @@ def classifier_named(models: ModelSource, name: object) -> Classifier:
         raise gr.Error(str(e), title="Unknown model", print_exception=False) from None
     except ModelLoadError as e:
         raise gr.Error(str(e), title=f"Can't load {name}", print_exception=False) from None
+    except Busy as e:  # the model replicas are full (--serve)
+        raise gr.Error(str(e), title="Busy", print_exception=False) from None
 
 
 def load_with_progress(models: ModelSource, name: object, progress: gr.Progress) -> Classifier:

@@ -11,7 +11,7 @@ import gradio as gr
 from .answers import Answers, ShownPhoto, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import load_with_progress, model_card, model_picker
-from .settings import MODEL_CONCURRENCY, PAGE_ONLY, Limits
+from .settings import PAGE_ONLY, Limits
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,14 @@ def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         """A photo landed (or was cleared): bars, the top class's heatmap and caption, session state."""
         if image is None:
             return None, no_heatmap(), "", None
-        return answers.show(answers.classifier(name), image, opacity)
+        with answers.metered("photo", name):
+            return answers.show(answers.classifier(name), image, opacity)
 
     landed = tab.photo.change(
         show_photo,
         [tab.photo, opacity, chosen],
         [tab.bars, tab.overlay, parts.caption, shown],
-        concurrency_limit=MODEL_CONCURRENCY,  # the session's model may need loading again
+        concurrency_limit=answers.concurrency,  # the session's model may need loading again
         **PAGE_ONLY,
     )
     # Grad-CAM maps come after the bars; a new photo cancels the last one's, which is no longer wanted.
@@ -114,11 +115,12 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         the photo again. On failure the page puts the previous model back (`.failure` below)."""
         if name == current:  # put back after a failure, or picked again: nothing to do
             return (gr.skip(),) * 6
-        classifier = load_with_progress(models, name, progress)
-        card = model_card(models, name)
-        if image is None:
-            return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
-        return card, *answers.show(classifier, image, opacity), name
+        with answers.metered("choose_model", name):
+            classifier = load_with_progress(models, name, progress)
+            card = model_card(models, name)
+            if image is None:
+                return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
+            return card, *answers.show(classifier, image, opacity), name
 
     # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
     # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
@@ -129,7 +131,7 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         [tab.picker, chosen, tab.photo, parts.opacity],
         [parts.card, tab.bars, tab.overlay, parts.caption, parts.shown, chosen],
         show_progress_on=[tab.bars, tab.overlay],  # the card stays readable while a model loads
-        concurrency_limit=MODEL_CONCURRENCY,
+        concurrency_limit=answers.concurrency,
         **PAGE_ONLY,
     )
     switched.failure(lambda name: name, chosen, tab.picker, **PAGE_ONLY)  # a failed load: the previous stays

@@ -8,8 +8,11 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import gradio as gr
+from fastapi import FastAPI
+from starlette.routing import BaseRoute
 
 from .settings import DELETE_CACHE, MAX_FILE_SIZE
 
@@ -26,17 +29,25 @@ THEME = gr.themes.Default(primary_hue="blue").set(
 
 
 def launch_options(
-    max_file_size: str = MAX_FILE_SIZE, delete_cache: tuple[float, float] = DELETE_CACHE
+    max_file_size: str = MAX_FILE_SIZE,
+    delete_cache: tuple[float, float] = DELETE_CACHE,
+    routes: Sequence[BaseRoute] = (),
 ) -> dict:
     """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
     limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than
-    `delete_cache[1]`."""
+    `delete_cache[1]`; `routes` go on the server beside the page's (/healthz, /readyz, /metrics)."""
     return {
         "theme": THEME,
         "css": CSS,
         "max_file_size": max_file_size,
-        "app_kwargs": {"lifespan": clean_cache(*delete_cache)},
+        "app_kwargs": {"lifespan": clean_cache(*delete_cache), "routes": list(routes)},
     }
+
+
+def mounted(demo: gr.Blocks, routes: Sequence[BaseRoute], max_file_size: str = MAX_FILE_SIZE) -> FastAPI:
+    """The page mounted at / on a FastAPI app of its own with `routes` beside it, as an ASGI server (Ray
+    Serve's ingress) runs it: the same options as `launch()` gets."""
+    return gr.mount_gradio_app(FastAPI(routes=list(routes)), demo, "/", **launch_options(max_file_size))
 
 
 def clean_cache(every: float, older_than: float):
