@@ -197,8 +197,8 @@ def serve_main(args: argparse.Namespace) -> int:
         return 1
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # to the `finally` below, like Ctrl-C
     ray_serve.start(args.ray_address, host, port, str(ROOT))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after Ray's own: to `finally`, like Ctrl-C
     try:
         print(f"* Running on http://{host}:{port}/ (the page; its models on Ray Serve replicas)", flush=True)
         serve.run(application, name=SERVE_APP, route_prefix="/", blocking=False)

@@ -449,13 +449,12 @@ def start(address: str | None, host: str, port: int, root: str) -> bool:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        ray.init(
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": {**QUIET_WORKERS, "PYTHONPATH": python_path}},
-        )
+        # Ray's processes, started from here, inherit this environment (a runtime_env would need Ray's
+        # runtime-env agent, which takes tens of seconds to start on a busy small machine).
+        for name, value in QUIET_WORKERS.items():
+            os.environ.setdefault(name, value)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_SERVE)
