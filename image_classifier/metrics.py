@@ -38,19 +38,18 @@ class Busy(RuntimeError):
 
 
 def outcome_of(error: BaseException | None, refusals: tuple[type[BaseException], ...] = (ValueError,)) -> str:
-    """The outcome label of a request that raised `error` (None: answered), read from the first error of
-    its chain: the page turns errors into messages `from None`, and the original is still their
-    `__context__`. A `ValueError` (a bad file, a model not offered) or one of `refusals` is the request's
-    fault, `Busy` the servers', anything else an error."""
+    """The outcome label of a request that raised `error` (None: answered). The page turns errors into
+    messages `from None`, and the original is still their `__context__`: `Busy` anywhere in the chain is the
+    servers' being full; a first error that is a `ValueError` (a bad file, a model not offered) or one of
+    `refusals` is the request's fault; anything else an error."""
     if error is None:
         return "ok"
-    for _ in range(5):
-        if error.__context__ is None:
-            break
-        error = error.__context__
-    if isinstance(error, Busy):
+    chain = [error]
+    while chain[-1].__context__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__context__)
+    if any(isinstance(link, Busy) for link in chain):
         return "busy"
-    return "refused" if isinstance(error, (ValueError, *refusals)) else "error"
+    return "refused" if isinstance(chain[-1], (ValueError, *refusals)) else "error"
 
 
 class PageMetrics:

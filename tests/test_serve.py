@@ -186,3 +186,40 @@ def test_the_plain_app_has_health_and_metrics_and_no_ray(app_server):
     assert status == 200 and "image_classifier_models_loaded 1.0" in metrics
     maps = Path(f"/proc/{app_server['process'].pid}/maps").read_text()
     assert "_raylet" not in maps and "/ray/" not in maps
+
+
+def test_a_full_deployment_turns_requests_away_in_words(photo, torch_home):
+    """Serve's back-pressure (every replica's queue full) becomes `Busy`, and the page says it in words."""
+    need_ray()
+    import gradio as gr
+    from ray.serve.exceptions import BackPressureError
+
+    from image_classifier.metrics import PageMetrics
+    from image_classifier.page.answers import Answers
+    from image_classifier.ray_serve import BUSY, RemoteClassifier, Replicas
+
+    class FullDeployment:
+        def __getattr__(self, method: str):
+            return self
+
+        def remote(self, *args):
+            return self
+
+        def result(self, timeout_s: float):
+            raise BackPressureError(num_queued_requests=32, max_queued_requests=32)
+
+    replicas = Replicas(FullDeployment())
+    model = RemoteClassifier(replica_info(DEFAULT), replicas)
+    metrics = PageMetrics([DEFAULT])
+
+    class OneModel:
+        names, default = [DEFAULT], DEFAULT
+
+        def get(self, name):
+            return model
+
+    answers = Answers(OneModel(), metrics=metrics)
+    with pytest.raises(gr.Error, match="The server is busy") as refused, answers.metered("predict", DEFAULT):
+        answers.classify(str(photo), DEFAULT)
+    assert refused.value.title == "Busy" and refused.value.message == BUSY
+    assert requests_total(metrics.text().decode(), "predict", DEFAULT, "busy") == 1
