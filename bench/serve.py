@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import statistics
 import sys
@@ -39,7 +38,7 @@ import torchvision  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ray_serving import ServedApp, command_line, replica_processes, serve_app, session_processes  # noqa: E402
+from ray_serving import ServedApp, replica_processes, serve_app, session_processes  # noqa: E402
 from servers import rss_mb  # noqa: E402
 
 
@@ -95,14 +94,16 @@ def measure(served: ServedApp, photo: Path, clients: int, per_client: int, seque
 
 
 def gcs_address(served: ServedApp) -> str:
-    """The address of the Ray that `served` started (its GCS server's command line says it)."""
+    """The address of the Ray that `served` started (its raylet's command line names it)."""
     for pid in session_processes(served.process.pid):
-        line = command_line(pid)
-        if "gcs_server" in line:
-            port = re.search(r"--gcs_server_port=(\d+)", line).group(1)
-            ip = re.search(r"--node-ip-address=(\S+)", line).group(1)
-            return f"{ip}:{port}"
-    raise RuntimeError("no GCS server among the app's processes")
+        try:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        for argument in arguments:
+            if argument.startswith("--gcs-address="):
+                return argument.removeprefix("--gcs-address=")
+    raise RuntimeError("no raylet among the app's processes")
 
 
 def running_replicas(serve) -> int:
