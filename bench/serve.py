@@ -113,6 +113,8 @@ def running_replicas(serve) -> int:
 
 def kill_one(served: ServedApp, photo: Path, clients: int, total: int) -> dict:
     """One replica SIGKILLed after the first answers, while `clients` send `total` requests."""
+    # The app's local Ray made a token (~/.ray/auth_token): a second driver connects with it.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import serve
 
