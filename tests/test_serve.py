@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from playwright.sync_api import expect
 
+from browser import sent_by_page, shown_predictions
 from classifier import load_classifier
 from photos import real_photo
 from ray_serving import get, replica_processes, serve_app
@@ -137,6 +139,27 @@ def test_classify_and_compare_answer_with_the_models_they_name(serve_client, pho
     a, b = serve_client.predict(handle_file(str(photo)), OTHER, DEFAULT, api_name="/compare")
     assert probabilities(a) == pytest.approx(expected[OTHER], abs=1e-5)
     assert probabilities(b) == pytest.approx(expected[DEFAULT], abs=1e-5)
+    # The analysis (bars and heatmaps, as the Photo tab shows them) runs on a replica: the same bars.
+    bars, heatmap = serve_client.predict(handle_file(str(photo)), api_name="/explain")
+    assert probabilities(bars) == pytest.approx(expected[DEFAULT], abs=1e-5)
+    assert Path(heatmap).stat().st_size > 0
+
+
+def test_the_page_in_chromium_shows_the_bars_and_heatmap(browser, served, photo, torch_home):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(served.url)
+        zone = page.locator('[aria-label="Drop an image file here to upload"]')
+        with page.expect_file_chooser(timeout=60_000) as chooser:
+            zone.click()
+        chooser.value.set_files(photo)
+        page.locator('[data-testid="label"] .confidence-set').nth(4).wait_for(timeout=120_000)
+        expect(page.locator('img[alt^="Where the model looked for"]')).to_have_count(1, timeout=60_000)
+        shown = [label for label, _ in shown_predictions(page)]
+        sent = sent_by_page(page, photo.read_bytes())  # the page shrinks and re-encodes the photo first
+    finally:
+        page.close()
+    assert set(shown) == set(local(DEFAULT).predict(sent))
 
 
 def test_a_bad_file_gets_its_plain_error(serve_client, tmp_path):
