@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 
 from browser import sent_by_page, shown_predictions
 from classifier import load_classifier
+from conftest import optional_import
 from photos import real_photo
 from ray_serving import get, replica_processes, serve_app
 from torch_home import SMALL_MODELS
@@ -40,8 +41,7 @@ def requests_total(metrics: str, endpoint: str, model: str, outcome: str) -> flo
 
 
 def need_ray() -> None:
-    if os.environ.get("CI") != "true":
-        pytest.importorskip("ray.serve", reason="optional: pip install -r requirements-ray.txt")
+    optional_import("ray.serve", "pip install -r requirements-ray.txt")
 
 
 @pytest.fixture(scope="module")
