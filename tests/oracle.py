@@ -35,18 +35,3 @@ def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "f
     return Classifier(
         model, load_labels(), transform=transform, device=device, precision=precision, **methods
     )
-
-
-def oracle_set():
-    """The oracle as a server's model set, loaded on first use: EfficientNet-Lite0 as the default, with class
-    activation maps, and beside it the same weights read by Grad-CAM (a second model to name)."""
-    from classifier import ModelSet, time_one_photo
-
-    return ModelSet(
-        {
-            "efficientnet_lite0": load_oracle,
-            "efficientnet_lite0_gradcam": lambda: load_oracle(heatmaps="gradcam"),
-        },
-        memory_mb_of=lambda classifier: classifier.memory_mb,
-        timed=time_one_photo,
-    )

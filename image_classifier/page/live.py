@@ -57,8 +57,8 @@ def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
         gr.HTML("", js_on_load=LIVE_ACCESSIBILITY, container=False, padding=False)
         figures = gr.State(LiveFigures())  # one per browser tab
 
-    def classify_frame(frame: bytes | None, figures: LiveFigures, name: str, request: gr.Request):
-        if answers.metrics is not None:
+    def classify_frame(frame: bytes | None, figures: LiveFigures, name: str, request: gr.Request = None):
+        if answers.metrics is not None and request is not None:
             answers.metrics.live_frame(request.session_hash)  # a running stream, never shown
         try:
             answer = answer_frame(
