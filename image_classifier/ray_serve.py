@@ -202,7 +202,7 @@ class KnownMaps:
     def __init__(self, maps: dict[str, np.ndarray], label_index: dict[str, int]) -> None:
         self.by_index = {label_index[label]: cam for label, cam in maps.items()}
 
-    def __call__(self, indices: list[int]) -> np.ndarray:
+    def __call__(self, method: str, indices: list[int]) -> np.ndarray:
         missing = [i for i in indices if i not in self.by_index]
         if missing:
             raise ValueError("Only the top classes' heatmaps come back from the model replicas.")
@@ -277,11 +277,10 @@ class RemoteClassifier:
             return Analysis(answer.predictions, rgb, None)
         maps_of = KnownMaps(answer.maps, self.label_index)
         region = self.seen_region(rgb.size)
-        return Analysis(
-            answer.predictions,
-            rgb,
-            Heatmaps(maps_of, self.label_index, region, full_size, method=answer.method),
+        heatmaps = Heatmaps(
+            maps_of, self.label_index, region, full_size, method=answer.method, methods=(answer.method,)
         )
+        return Analysis(answer.predictions, rgb, heatmaps)
 
 
 def photo_bytes(image: ImageInput) -> bytes:

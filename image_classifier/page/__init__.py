@@ -13,6 +13,7 @@ models      what the page needs of the models (ModelSource), their picker and ca
 components  the custom component subclasses (undecoded uploads and frames, a checked model choice)
 server      the theme, the upload limit and the lifespan (the cache cleanup) that launch() takes
 settings    the limits and defaults, with why each is what it is
+serving     the page as a Ray Serve replica builds it (--serve): remote models, health routes, FastAPI
 """
 
 from .demo import build_demo
