@@ -16,6 +16,7 @@ from torchcam.methods._utils import locate_candidate_layer
 from classifier import METHODS, CamLayers, Classifier, HeatmapsUnavailable, classification_models
 from conftest import EXAMPLES, ROOT
 from image_classifier.heatmaps import (
+    DIMMED,
     WithFeatureMap,
     cam_layers_for,
     class_activation_maps,
@@ -122,6 +123,34 @@ def test_heatmap_is_zero_where_the_model_did_not_look(oracle, photos):
     assert 0.3 < left < 0.36 and 0.64 < right < 0.7
     assert heatmap[:, : int(left * 900) - 1].max() == 0 and heatmap[:, int(right * 900) + 1 :].max() == 0
     assert heatmap[:, int(left * 900) + 1 : int(right * 900) - 1].max() > 0.5
+
+
+def test_the_picture_dims_what_the_model_never_saw_and_colours_the_hottest_point_brightest(oracle, photos):
+    """The overlay as a person sees it: outside the seen region the photo at DIMMED (0.35) of its
+    brightness; inside, at full opacity, the map's hottest point in the colormap's top colour (inferno's
+    pale yellow) and its coldest in the colormap's dark end."""
+    from matplotlib import colormaps
+
+    assert DIMMED == 0.35  # the documented factor
+    wide = photos[0].convert("RGB").resize((900, 300))  # the centre crop keeps the middle 224/768
+    analysis = oracle.analyse(wide)
+    top_class = next(iter(analysis.predictions))
+    picture = np.asarray(analysis.heatmaps.overlay(wide, top_class, opacity=1.0), np.float64)
+    photo = np.asarray(wide, np.float64)
+    region = zip(analysis.heatmaps.region, (900, 300, 900, 300), strict=True)
+    left, top, right, bottom = (round(edge * side) for edge, side in region)
+    assert left > 250 and right < 650  # a wide photo: the model saw its middle only
+    unseen = np.ones((300, 900), bool)
+    unseen[max(top - 1, 0) : bottom + 1, left - 1 : right + 1] = False  # a pixel's margin for the rounding
+    assert np.abs(picture[unseen] - photo[unseen] * 0.35).max() <= 1  # rounded to 8 bits
+    inside = np.s_[top + 1 : bottom - 1, left + 1 : right - 1]
+    heat, seen = analysis.heatmaps.heatmap(top_class)[inside], picture[inside]  # the map at the photo's size
+    hottest, coldest = (np.unravel_index(i, heat.shape) for i in (heat.argmax(), heat.argmin()))
+    assert heat[hottest] > 0.99 and heat[coldest] < 0.1
+    inferno = colormaps["inferno"]
+    assert np.abs(seen[hottest] - 255 * np.array(inferno(1.0)[:3])).max() <= 3  # the top colour
+    assert np.abs(seen[coldest] - 255 * np.array(inferno(float(heat[coldest]))[:3])).max() <= 3
+    assert seen[coldest].sum() < seen[hottest].sum() / 4  # dark
 
 
 def test_any_label_can_be_explained_and_unknown_ones_are_refused(oracle):

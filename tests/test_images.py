@@ -2,12 +2,15 @@
 
 import io
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from classifier import ImageError, load_image
 from conftest import EXAMPLES
 from hostile import encode, exif_rotated_jpeg
+from image_classifier.decoding import decode_image
+from photos import phone_jpeg, real_photo
 
 RED = (220, 30, 30)
 
@@ -95,6 +98,26 @@ def test_exif_orientation_is_applied():
     assert decoded.size == upright.size
     assert close(centre(decoded), centre(upright), 12)
     assert close(decoded.getpixel((10, 10)), upright.getpixel((10, 10)), 12)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("name", ["chelsea", "rocket"])  # landscape and portrait: the sides swap or not
+def test_every_exif_orientation_stands_upright_as_pil_turns_it(name, orientation):
+    """The table in decoding.py against PIL's own `ImageOps.exif_transpose`, on a real photo stored as a
+    camera would store it under each orientation; and both against the upright photo itself."""
+    upright = real_photo(name)
+    data = phone_jpeg(upright, orientation=orientation, gps=False)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    decoded, full_size = decode_image(data, min_side=64)  # reduced JPEG decoding: the full size is still told
+    assert full_size == upright.size
+    for image in (load_image(data), load_image(Image.open(io.BytesIO(data)))):  # bytes, and a PIL image
+        assert image.size == upright.size
+        assert image.tobytes() == expected.tobytes()  # the same decoder, the same turn: the same pixels
+    difference = np.abs(np.asarray(expected, np.int16) - np.asarray(upright, np.int16))
+    assert difference.mean() < 3  # upright indeed: only JPEG's loss away from the photo
+    assert decoded.size[0] < upright.size[0] and decoded.size[0] / decoded.size[1] == pytest.approx(
+        upright.size[0] / upright.size[1], rel=0.02
+    )
 
 
 def test_bytes_paths_and_pil_images_decode_alike(tmp_path):
