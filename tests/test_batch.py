@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -144,6 +145,26 @@ def test_an_image_error_from_the_prediction_becomes_that_rows_error(random_dense
 # --- output files and resume -------------------------------------------------------------------
 
 
+def read_directly(path: Path) -> list[dict]:
+    """The table as another program reads it, by the README's description and none of this project's
+    code: the csv module, json, pyarrow. One {"image", "predictions", "error"} per row, in order."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as file:
+            return [json.loads(line) for line in file]
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as file:
+            records = list(csv.DictReader(file))
+    else:
+        records = pq.read_table(path).to_pylist()
+    rows = []
+    for record in records:
+        ranks = range(1, sum(name.startswith("label_") for name in record) + 1)
+        pairs = [(record[f"label_{k}"], record[f"probability_{k}"]) for k in ranks]
+        predictions = {label: float(p) for label, p in pairs if label not in (None, "")}
+        rows.append({"image": record["image"], "predictions": predictions, "error": record["error"] or None})
+    return rows
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_output_round_trip(random_densenet, tree, tmp_path, suffix):
     root, images = tree
@@ -152,7 +173,16 @@ def test_output_round_trip(random_densenet, tree, tmp_path, suffix):
     assert (summary.classified, summary.failed) == (len(images) - len(BROKEN), len(BROKEN))
     assert str(summary) == f"5 classified, 3 failed -> {output}"
     expected = list(batch.classify_images(random_densenet, batch.find_images([root]), top_k=3, batch_size=4))
-    assert batch.read_rows(output) == expected  # same rows, same order, exact floats
+    assert batch.read_rows(output) == expected  # our own reader: same rows, same order, exact floats
+    rows = read_directly(output)
+    assert [row["image"] for row in rows] == [row.image for row in expected]
+    for row in rows:
+        name = os.path.relpath(row["image"], root)
+        if name in BROKEN:
+            assert row["error"].startswith(BROKEN[name]) and row["predictions"] == {}
+        else:
+            assert row["error"] is None
+            assert_same_answers(row["predictions"], random_densenet.predict(row["image"], top_k=3))
     if suffix == ".csv":
         with open(output, newline="") as file:
             assert next(csv.reader(file)) == [
@@ -161,8 +191,6 @@ def test_output_round_trip(random_densenet, tree, tmp_path, suffix):
                 "error",
             ]
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         assert pq.read_schema(output).names == batch.columns(3)
         assert not batch._journal(output).exists()
 
@@ -238,8 +266,11 @@ def test_classify_uploads_gives_table_rows_and_a_csv(random_densenet, tmp_path):
     label, probability = next(iter(top.items()))
     assert table[0][:3] == ["cat.jpg", label, f"{probability:.1%}"] and table[0][4] == ""
     assert table[3][0] == "holiday.jpg" and table[3][4].startswith("This file is not an image we can read")
-    rows = batch.read_rows(csv_path)
-    assert [row.image for row in rows] == ["cat.jpg", "coffee.jpg", "rocket.jpg", "holiday.jpg"]
+    rows = read_directly(Path(csv_path))
+    assert [row["image"] for row in rows] == ["cat.jpg", "coffee.jpg", "rocket.jpg", "holiday.jpg"]
+    assert rows[0]["error"] is None
+    assert_same_answers(rows[0]["predictions"], top)
+    assert rows[3]["predictions"] == {} and rows[3]["error"] == table[3][4]
     assert Path(csv_path).name == "many-photos.csv"
     with pytest.raises(ValueError, match="at most 2 photos"):
         batch.classify_uploads(random_densenet, photos, max_files=2)
@@ -261,14 +292,33 @@ def test_cli_writes_the_table_and_exits_1_with_a_summary(densenet_weights, rando
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1] == f"5 classified, 3 failed -> {output}"
     assert "Traceback" not in result.stderr and "img/s" not in result.stderr  # no bar: not a terminal
-    rows = by_image(batch.read_rows(output))
+    rows = {row["image"]: row for row in read_directly(output)}  # json, line by line
     assert sorted(rows) == sorted(images)
     for image, row in rows.items():
         name = os.path.relpath(image, root)
         if name in BROKEN:
-            assert row.error.startswith(BROKEN[name])
+            assert row["error"].startswith(BROKEN[name])
         else:
-            assert_same_answers(row.predictions, random_densenet.predict(image))
+            assert row["error"] is None
+            assert_same_answers(row["predictions"], random_densenet.predict(image))
+
+
+def test_cli_progress_shows_a_bar_where_stderr_is_no_terminal(
+    random_densenet, tree, tmp_path, monkeypatch, capsys
+):
+    """`--progress`, as the README says: the bar (images, images/s) even into a file or a pipe. In process,
+    with the session's model (the command line's loading is tested above)."""
+    import classifier
+
+    root, images = tree
+    monkeypatch.setattr(classifier, "load_classifier", lambda *args, **kwargs: random_densenet)
+    output = tmp_path / "results.csv"
+    assert classifier.main([str(root), "--output", str(output), "--progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{len(images)}/{len(images)}" in err and "img/s" in err and "100%" in err
+    assert err.splitlines()[-1] == f"5 classified, 3 failed -> {output}"
+    assert classifier.main([str(root), "--output", str(tmp_path / "again.csv")]) == 1
+    assert "img/s" not in capsys.readouterr().err  # without the flag, no bar: stderr is not a terminal
 
 
 def test_batch_benchmark_runs(tmp_path):
