@@ -1,10 +1,10 @@
 """The verified cache of converted models (and of the tuner's decisions).
 
-$IMAGE_CLASSIFIER_CACHE, else ~/.cache/image-classifier, holds one folder per converted model with a
-manifest of its files' sizes and SHA-256 digests, written with the files and checked before every load. A
-damaged entry is taken out of the way and rebuilt; entries appear by renaming a complete folder into place,
-so processes starting together each convert and one copy wins; a cache that can't be written is warned
-about once and the work kept in memory.
+$IMAGE_CLASSIFIER_CACHE, else the system's user cache folder (`cache_dir`), holds one folder per converted
+model with a manifest of its files' sizes and SHA-256 digests, written with the files and checked before
+every load. A damaged entry is taken out of the way and rebuilt; entries appear by renaming a complete
+folder into place, so processes starting together each convert and one copy wins; a cache that can't be
+written is warned about once and the work kept in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -31,10 +33,13 @@ class CacheDamaged(Exception):
 
 
 def cache_dir() -> Path:
-    """Where converted models and engine decisions are kept: $IMAGE_CLASSIFIER_CACHE, else
-    $XDG_CACHE_HOME/image-classifier (~/.cache/image-classifier)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "image-classifier"
-    return Path(os.environ.get("IMAGE_CLASSIFIER_CACHE", default))
+    """Where converted models and engine decisions are kept: $IMAGE_CLASSIFIER_CACHE, else the platform's
+    user cache folder, as platformdirs knows it: ~/.cache/image-classifier on Linux ($XDG_CACHE_HOME
+    respected), ~/Library/Caches/image-classifier on macOS, %LOCALAPPDATA%\\image-classifier\\Cache on
+    Windows."""
+    if folder := os.environ.get("IMAGE_CLASSIFIER_CACHE"):
+        return Path(folder)
+    return Path(platformdirs.user_cache_dir("image-classifier", appauthor=False))
 
 
 def file_sha256(path: Path) -> str:

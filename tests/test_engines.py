@@ -11,8 +11,10 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-import openvino as ov  # a requirement: a missing OpenVINO fails here, never skips
+import openvino as ov
+import platformdirs  # a requirement: a missing OpenVINO fails here, never skips
 import pytest
 import torch
 import torchvision
@@ -32,6 +34,18 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(folder))
     monkeypatch.setattr(model_cache, "_unwritable_warned", set())
     return folder
+
+
+def test_the_cache_folder_is_the_systems_own_unless_image_classifier_cache_names_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGE_CLASSIFIER_CACHE", str(tmp_path / "mine"))
+    assert model_cache.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("IMAGE_CLASSIFIER_CACHE")
+    assert model_cache.cache_dir() == Path(platformdirs.user_cache_dir("image-classifier", appauthor=False))
+    if sys.platform == "linux":  # the XDG rules: $XDG_CACHE_HOME, else ~/.cache
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert model_cache.cache_dir() == tmp_path / "xdg" / "image-classifier"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert model_cache.cache_dir() == Path.home() / ".cache" / "image-classifier"
 
 
 @pytest.fixture(scope="module")
