@@ -246,3 +246,42 @@ def test_a_full_deployment_turns_requests_away_in_words(photo, torch_home):
         answers.classify(str(photo), DEFAULT)
     assert refused.value.title == "Busy" and refused.value.message == BUSY
     assert requests_total(metrics.text().decode(), "predict", DEFAULT, "busy") == 1
+
+
+def test_a_gpu_replicas_batch_answers_each_request_as_alone(photo, torch_home):
+    """`@serve.batch`'s step (`_forward_many`), run here: requests of two models, one of them two photos,
+    and one broken, in one call; each gets what its own forward pass gives, the broken one its error."""
+    need_ray()
+    import functools
+
+    import torch
+
+    from classifier import classifier_set
+    from image_classifier.ray_serve import ModelReplica
+
+    replica = ModelReplica(
+        functools.partial(classifier_set, [DEFAULT, OTHER], default=DEFAULT, device="cpu", precision="exact"),
+        threads=1,
+        batching=True,
+    )
+    default, other = replica.models.get(DEFAULT), replica.models.get(OTHER)
+    one = default.preprocess(str(photo)).unsqueeze(0)
+    two = torch.cat([one, one.flip(-1)])
+    broken = torch.zeros(1, 1, 224, 224)  # one channel: the first convolution refuses it
+    answers = replica._forward_many([(DEFAULT, one), (OTHER, one), (DEFAULT, two), (DEFAULT, broken)])
+    assert torch.allclose(answers[0], default.forward(one), atol=1e-6)
+    assert torch.allclose(answers[1], other.forward(one), atol=1e-6)
+    assert torch.allclose(answers[2], default.forward(two), atol=1e-6)
+    assert isinstance(answers[3], Exception)
+
+
+def test_the_kuberay_builder_makes_the_same_application_from_options_by_name():
+    need_ray()
+    from ray.serve import Application
+
+    import app
+
+    built = app.serve_application({"models": f"{DEFAULT},{OTHER}", "model": DEFAULT, "autoscale": "1,4"})
+    assert isinstance(built, Application)
+    with pytest.raises(ValueError, match="not_a_model"):
+        app.serve_application({"models": "not_a_model"})
