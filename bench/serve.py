@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,10 +138,54 @@ def kill_one(served: ServedApp, photo: Path, clients: int, total: int) -> dict:
     return {"requests": len(times) + failed, "failed": failed, "two_replicas_again_after_s": back_after}
 
 
+def interleaved_scaling(
+    model: list[str], env: dict, work: Path, photo: Path, rounds: int, clients: int
+) -> dict:
+    """Both Serve configurations running at once, measured in alternating bursts (1 replica, 2 replicas,
+    1, 2, ...): on a machine whose load drifts, each pair of bursts sees about the same contention."""
+    options = {
+        "1 replica": ["--serve", "--replicas", "1", "--replica-threads", "1"],
+        "2 replicas": ["--serve", "--replicas", "2", "--replica-threads", "1"],
+    }
+    with ExitStack() as stack:
+        served = {
+            name: stack.enter_context(serve_app([*model, *flags], work / f"{name}.log", env=env, timeout=900))
+            for name, flags in options.items()
+        }
+        for app in served.values():
+            latencies(app.url, photo, 2, 2)  # warm-up
+        answered = {name: 0 for name in served}
+        seconds = {name: 0.0 for name in served}
+        ratios = []
+        for _ in range(rounds):
+            rate = {}
+            for name, app in served.items():
+                times, wall, _ = latencies(app.url, photo, clients, 2)
+                answered[name] += len(times)
+                seconds[name] += wall
+                rate[name] = len(times) / wall
+            ratios.append(rate["2 replicas"] / rate["1 replica"])
+            print(
+                "round", len(ratios), json.dumps(rate), f"ratio {ratios[-1]:.2f}", os.getloadavg(), flush=True
+            )
+    throughput = {name: answered[name] / seconds[name] for name in served}
+    return {
+        "throughput": throughput,
+        "ratio": throughput["2 replicas"] / throughput["1 replica"],
+        "rounds": ratios,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where serve.json goes")
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        metavar="ROUNDS",
+        help="only the scaling: both Serve configurations at once, in alternating bursts (a noisy machine)",
+    )
     args = parser.parse_args()
     clients, per_client, sequential, kill_total = (2, 2, 3, 8) if args.quick else (8, 8, 15, 200)
 
@@ -166,6 +211,15 @@ def main() -> None:
         "serve, 1 replica": (["--serve", "--replicas", "1", "--replica-threads", "1"], env),
         "serve, 2 replicas": (["--serve", "--replicas", "2", "--replica-threads", "1"], env),
     }
+    if args.interleaved:
+        result = {"machine": machine()} | interleaved_scaling(
+            model, env, work, photo, args.interleaved, clients
+        )
+        result["machine"]["load_average_after"] = os.getloadavg()
+        print(f"throughput, 2 replicas / 1 replica, interleaved: {result['ratio']:.2f}× (target ≥ 1.7×)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "serve-interleaved.json").write_text(json.dumps(result, indent=1))
+        return
     results: dict = {"machine": machine()}
     for name, (options, environment) in runs.items():
         with serve_app(
