@@ -237,6 +237,8 @@ def found_gradcam_layer(model: torch.nn.Module, input_shape: Sequence[int]) -> G
     """Grad-CAM on the last spatial feature map, found as torchcam finds it (`locate_candidate_layer`: the
     last module whose output is (N, C, h, w) with h·w > 1); the tail after it traced by torch.fx where it
     can be (else no tail: the whole model runs again). None where the model has no spatial feature map."""
+    if next(model.parameters(), None) is None:
+        return None  # torchcam's search needs a parameter to learn the device: no layers, no spatial map
     features = locate_candidate_layer(model, tuple(input_shape))
     if features is None:
         return None
