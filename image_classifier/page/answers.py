@@ -7,7 +7,8 @@ how many classes to show, and the rule that photos go ahead of live webcam frame
 from __future__ import annotations
 
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -107,18 +108,25 @@ def top_heatmap(shown: ShownPhoto) -> Image.Image:
     return own_file(overlay_heatmap(shown.image, top_map, shown.region))
 
 
-def analyse(
-    classifier: Classifier, image: str, top_k: int, threads: int | None = None
-) -> tuple[dict[str, float], ShownPhoto | None]:
-    """The top classes of a photo and, where the model has heatmaps, what the page keeps to show them."""
+@contextmanager
+def refusals_in_words() -> Iterator[None]:
+    """A bad file, a non-finite answer or full replicas (--serve) as the page's error, in words."""
     try:
-        analysis = classifier.analyse(image, top_k=top_k, threads=threads)
+        yield
     except ImageError as e:
         raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
     except NonFiniteResultError as e:  # logged with the model and engine where it was raised
         raise gr.Error(str(e), title="No answer", print_exception=False) from None
     except Busy as e:  # the model replicas are full (--serve)
         raise gr.Error(str(e), title="Busy", print_exception=False) from None
+
+
+def analyse(
+    classifier: Classifier, image: str, top_k: int, threads: int | None = None
+) -> tuple[dict[str, float], ShownPhoto | None]:
+    """The top classes of a photo and, where the model has heatmaps, what the page keeps to show them."""
+    with refusals_in_words():
+        analysis = classifier.analyse(image, top_k=top_k, threads=threads)
     if analysis.heatmaps is None:
         return analysis.predictions, None
     display = display_size(analysis.image)
@@ -153,15 +161,8 @@ class Answers:
         if image is None:
             raise gr.Error(NO_PHOTO)
         classifier = self.classifier(name)
-        try:
-            with self.photos_first.photo() as threads:
-                return classifier.predict(image, top_k=self.top_k, threads=threads)
-        except ImageError as e:
-            raise gr.Error(str(e), title="Can't classify this file", print_exception=False) from None
-        except NonFiniteResultError as e:  # logged with the model and engine where it was raised
-            raise gr.Error(str(e), title="No answer", print_exception=False) from None
-        except Busy as e:  # the model replicas are full (--serve)
-            raise gr.Error(str(e), title="Busy", print_exception=False) from None
+        with refusals_in_words(), self.photos_first.photo() as threads:
+            return classifier.predict(image, top_k=self.top_k, threads=threads)
 
     def analyse(self, classifier: Classifier, image: str) -> tuple[dict[str, float], ShownPhoto | None]:
         """`analyse`, ahead of any live frames."""
