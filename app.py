@@ -64,6 +64,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also serve on a temporary public link")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860, or $GRADIO_SERVER_PORT)")
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the API as MCP tools at /gradio_api/mcp/ (or $GRADIO_MCP_SERVER=True)",
+    )
     add_model_arguments(parser)
     parser.add_argument(
         "--models",
@@ -161,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_name=args.host,
         server_port=args.port,
         share=args.share or None,  # None: Gradio's own default, a link only where GRADIO_SHARE asks
+        mcp_server=args.mcp or None,  # None: Gradio reads GRADIO_MCP_SERVER
         **launch_options(args.max_file_size, routes=health_routes(metrics, model_set_readiness(models))),
     )
     return 0

@@ -44,7 +44,7 @@ from browser import launch_chromium, sent_by_page  # noqa: E402
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled  # noqa: E402
 from servers import free_port, wait_until_serving  # noqa: E402
 
-DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
+DROP_ZONE = '[aria-label^="Drop an image file here to upload"]'
 BARS_SHOWN = """() => document.querySelectorAll('[data-testid="label"] .confidence-set').length >= 5
     && performance.now()"""
 WATCH_CHOICE = """() => document.addEventListener("change", event => {

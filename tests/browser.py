@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
+
+import axe_playwright_python
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -16,6 +19,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FAKE_WEBCAM_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+AXE = Path(axe_playwright_python.__file__).with_name("axe.min.js")
+"""axe-core, as the axe-playwright-python wheel ships it (a test requirement: nothing to install from npm)."""
+WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 
 def launch_chromium(playwright, *extra_args: str):
@@ -46,3 +52,17 @@ def sent_by_page(page, photo: bytes) -> bytes:
     """The bytes the page uploads for `photo`: what image_classifier/shrink_uploads.js makes of it (shrunk,
     upright, re-encoded without metadata), so what the server classifies."""
     return base64.b64decode(page.evaluate(_SHRINK, base64.b64encode(photo).decode()))
+
+
+def accessibility_violations(page) -> list[str]:
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is now, one line each; with the one rule axe
+    keeps experimental (label-content-name-mismatch: a control's name contains its visible text)."""
+    page.add_script_tag(path=str(AXE))
+    return page.evaluate(
+        """async tags => (await axe.run(document, {
+                runOnly: {type: "tag", values: tags},
+                rules: {"label-content-name-mismatch": {enabled: true}},  // WCAG 2.5.3, off by default
+            })).violations
+            .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(" ")).join(", ")})`)""",
+        WCAG_21_AA,
+    )

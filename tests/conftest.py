@@ -36,7 +36,7 @@ IN_CI = os.environ.get("CI", "").lower() in {"true", "1"}
 
 
 def optional_here_required_in_ci(reason: str) -> None:
-    """Something optional is missing (Ray, Chromium, axe-core): skip, with `reason`, on a developer's machine;
+    """Something optional is missing (Ray, Chromium): skip, with `reason`, on a developer's machine;
     fail in CI, which installs it, so that a broken install can never pass as a skipped test."""
     if IN_CI:
         pytest.fail(f"{reason} (CI installs it: missing there is a failure, not a skip)")

@@ -282,3 +282,13 @@ def test_each_heatmap_gets_a_cache_file_of_its_own(server):
         assert label["label"] in EXPECTED["rocket.jpg"]
         paths.append(heatmap["path"])
     assert paths[0] != paths[1], paths
+
+
+def test_the_page_keeps_no_run_history(server):
+    """Gradio 6.24+ records calls in the browser for a "runs" page unless told not to: the page keeps none,
+    so its config tells the browser to record nothing (and delete what it had), and the page is gone."""
+    import httpx
+
+    config = httpx.get(f"{server}config", timeout=30).json()
+    assert config["run_history"] is False and "runs" not in config["footer_links"]
+    assert httpx.get(f"{server}gradio_api/runs", timeout=30).status_code == 404

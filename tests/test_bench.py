@@ -84,6 +84,16 @@ def test_upload_benchmark_runs(tmp_path):
     assert row["sent_bytes"] < row["original_bytes"]
 
 
+def test_page_benchmark_runs(tmp_path):
+    run("page.py", tmp_path, "--sides", "768")
+    results = json.loads((tmp_path / "page.json").read_text())
+    for case, contenders in results["timings"].items():
+        rows = [row for rows in contenders.values() for row in rows]
+        assert rows and all(row["bars_ms"] > 0 for row in rows), case
+        assert all(row["heatmap_ms"] >= row["bars_ms"] for row in rows if "heatmap_ms" in row), case
+    assert any("heatmap_ms" in row for row in results["timings"]["loopback, 640×480"]["page, 768 px"])
+
+
 def test_live_benchmark_runs(tmp_path):
     run("live.py", tmp_path)
     results = json.loads((tmp_path / "live.json").read_text())

@@ -28,7 +28,7 @@ from conftest import ROOT
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled
 from servers import free_port, wait_until_serving
 
-DROP_ZONE = '[aria-label="Drop an image file here to upload"]'
+DROP_ZONE = '[aria-label^="Drop an image file here to upload"]'
 BARS = '[data-testid="label"] .confidence-set'
 MAX_SIDE = app.UPLOAD_MAX_SIDE
 

@@ -98,8 +98,8 @@ def heatmap_picture(
     if label not in shown.maps:  # a Grad-CAM map, made after the bars are shown
         return no_heatmap(), pending_caption(label, model)
     picture = own_file(overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity))
-    caption = heatmap_caption(label, model)
-    return gr.Image(value=picture, label=caption, alt_text=caption, visible=True), caption
+    caption = heatmap_caption(label, model)  # said once, under the picture; the picture's text alternative
+    return gr.Image(value=picture, label="Heatmap", alt_text=caption, visible=True), caption
 
 
 def top_heatmap(shown: ShownPhoto) -> Image.Image:
@@ -169,9 +169,21 @@ class Answers:
         with self.photos_first.photo() as threads:
             return analyse(classifier, image, self.top_k, threads)
 
-    def show(self, classifier: Classifier, image: str, opacity: float):
-        """The bars, the top class's heatmap picture and caption, and what the session keeps of the photo."""
+    def show(self, classifier: Classifier, image: str):
+        """The bars at once, with what the session keeps of the photo; the heatmap picture follows
+        (`finish_heatmap`): here an empty one, its caption saying it is on its way. A model without
+        heatmaps: no picture, and why in its place."""
         predictions, shown = self.analyse(classifier, image)
-        top = next(iter(predictions))
-        picture, caption = heatmap_picture(shown, top, opacity, classifier.no_heatmaps_reason)
+        if shown is None:
+            picture, caption = heatmap_picture(None, "", 0, classifier.no_heatmaps_reason)
+        else:
+            picture, caption = no_heatmap(), pending_caption(shown.label)
         return predictions, picture, caption, shown
+
+
+def finish_heatmap(shown: ShownPhoto | None, opacity: float):
+    """After the bars: the maps that need a gradient (Grad-CAM), and the shown class's picture."""
+    if shown is None:
+        return gr.skip(), gr.skip()
+    shown.make_maps()
+    return heatmap_picture(shown, shown.label, opacity, None)

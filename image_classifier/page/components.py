@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,31 @@ class ModelChoice(gr.Dropdown):
         raise gr.Error(refusal(payload, offered), title="Unknown model", print_exception=False)
 
 
+PAGE_FIXES = """
+const DROP = "Drop an image file here to upload";
+const fix = () => {
+  for (const empty of document.querySelectorAll(".empty[aria-label]")) empty.removeAttribute("aria-label");
+  for (const zone of document.querySelectorAll(`[aria-label^="${DROP}"]`)) {
+    const shown = zone.innerText.replace(/\\s+/g, " ").trim();
+    const name = shown ? `${DROP}: ${shown}` : DROP;
+    if (zone.getAttribute("aria-label") !== name) zone.setAttribute("aria-label", name);
+  }
+};
+new MutationObserver(fix).observe(document.body, {subtree: true, childList: true, characterData: true});
+fix();
+"""
+"""Two fixes to Gradio's markup for WCAG 2.1, wherever they appear: an empty bar chart or picture is a plain
+div carrying an aria-label, which ARIA doesn't allow on a div without a role (axe: aria-prohibited-attr;
+the component's own label names it already); and the upload area is named "Drop an image file here to
+upload" while it shows "Drop Image Here - or - Click to Upload", so a person saying what they see can't
+reach it by voice (2.5.3, label in name): its name now ends with what it shows."""
+
+
+def page_accessibility_fixes() -> None:
+    """Fixes to Gradio's markup that every tab needs, in every state (WCAG 2.1 A/AA)."""
+    gr.HTML("", js_on_load=PAGE_FIXES, container=False, padding=False)
+
+
 def photo_input(label: str, alt_text: str, **options) -> ImageFile:
     """A photo input as the page's tabs take it: a file path (the classifier decodes it), from an upload, the
     webcam or the clipboard."""
@@ -77,10 +103,30 @@ def example_labels(examples: Sequence[str]) -> list[str]:
     return [Path(path).stem.replace("_", " ").title() for path in examples]
 
 
+EXAMPLE_ALT_TEXT = """
+const panel = element.closest('[role="tabpanel"]') || document.body;
+const names = %s;
+const fix = () => {
+  for (const image of panel.querySelectorAll(".gallery-item img")) {
+    const name = names[decodeURIComponent(image.src.split("/").pop())];
+    if (name && image.alt !== name) image.alt = name;
+  }
+};
+new MutationObserver(fix).observe(panel, {subtree: true, childList: true});
+fix();
+"""
+"""Gradio shows example photos as thumbnails with an empty text alternative, which leaves their buttons
+without a name (WCAG 2.1: 1.1.1, 4.1.2): each thumbnail gets its photo's name, found by its file name."""
+
+
 def photo_examples(examples: Sequence[str], photo: ImageFile) -> None:
-    """The example photos under a photo input, each named in words; nothing where there are none."""
-    if examples:
-        gr.Examples(list(examples), inputs=photo, example_labels=example_labels(examples))
+    """The example photos under a photo input, as thumbnails each named in words (for a screen reader, or
+    when the picture doesn't load); nothing where there are none."""
+    if not examples:
+        return
+    gr.Examples(list(examples), inputs=photo, label="Examples")
+    names = dict(zip((Path(path).name for path in examples), example_labels(examples), strict=True))
+    gr.HTML("", js_on_load=EXAMPLE_ALT_TEXT % json.dumps(names), container=False, padding=False)
 
 
 def heatmap_image(**options) -> gr.Image:

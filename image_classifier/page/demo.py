@@ -17,6 +17,7 @@ from image_classifier.model_set import limit_malloc_arenas
 from .answers import Answers
 from .api import api_endpoints
 from .compare import compare_tab
+from .components import page_accessibility_fixes
 from .live import live_tab
 from .many import many_tab
 from .models import ModelSource, as_model_set
@@ -75,6 +76,7 @@ def build_demo(
     # Uploads and results are deleted by `server.clean_cache` (see launch_options), not Gradio's delete_cache.
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n\n{description(models, model_name)}")
+        page_accessibility_fixes()
         chosen = gr.State(models.default)  # the session's model, once it has loaded
         photo = photo_tab(answers, chosen, examples, limits)
         live_tab(answers, chosen, limits)

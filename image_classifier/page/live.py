@@ -19,16 +19,12 @@ const fix = () => {
     const shown = button.textContent.trim();
     if (shown && button.getAttribute("aria-label") !== shown) button.setAttribute("aria-label", shown);
   }
-  for (const empty of panel.querySelectorAll("#live-bars .empty[aria-label]")) {
-    empty.removeAttribute("aria-label");
-  }
 };
 new MutationObserver(fix).observe(panel, {subtree: true, childList: true, characterData: true});
 fix();
 """
-"""Two fixes to Gradio's markup in the Live tab (WCAG 2.1): the streaming webcam's Record/Stop button is
-named "capture photo" whatever it shows (2.5.3, label in name), and the empty bar chart carries an
-aria-label that a plain div may not have."""
+"""A fix to Gradio's markup in the Live tab (WCAG 2.1): the streaming webcam's Record/Stop button is named
+"capture photo" whatever it shows (2.5.3, label in name)."""
 
 
 def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:

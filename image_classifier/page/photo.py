@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from .answers import Answers, ShownPhoto, heatmap_picture, no_heatmap
+from .answers import Answers, ShownPhoto, finish_heatmap, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import load_with_progress, model_card, model_picker
 from .settings import PAGE_ONLY, Limits
@@ -55,14 +55,6 @@ def photo_tab(answers: Answers, chosen: gr.State, examples: Sequence[str], limit
     return parts.tab
 
 
-def finish_heatmap(shown: ShownPhoto | None, opacity: float):
-    """After the bars: the maps that need a gradient (Grad-CAM), and the top class's picture."""
-    if shown is None or shown.source is None:
-        return gr.skip(), gr.skip()
-    shown.make_maps()
-    return heatmap_picture(shown, shown.label, opacity, None)
-
-
 def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
     """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
     if shown is None or selected.value not in shown.maps:
@@ -79,21 +71,22 @@ def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
     """A photo lands: bars and heatmap; a click on a bar or the slider: another picture, no forward pass."""
     tab, shown, opacity = parts.tab, parts.shown, parts.opacity
 
-    def show_photo(image: str | None, opacity: float, name: str):
-        """A photo landed (or was cleared): bars, the top class's heatmap and caption, session state."""
+    def show_photo(image: str | None, name: str):
+        """A photo landed (or was cleared): the bars and the session's state at once; the heatmap follows."""
         if image is None:
             return None, no_heatmap(), "", None
         with answers.metered("photo", name):
-            return answers.show(answers.classifier(name), image, opacity)
+            return answers.show(answers.classifier(name), image)
 
     landed = tab.photo.change(
         show_photo,
-        [tab.photo, opacity, chosen],
+        [tab.photo, chosen],
         [tab.bars, tab.overlay, parts.caption, shown],
         concurrency_limit=answers.concurrency,  # the session's model may need loading again
         **PAGE_ONLY,
     )
-    # Grad-CAM maps come after the bars; a new photo cancels the last one's, which is no longer wanted.
+    # The heatmap picture comes after the bars (Grad-CAM's maps too): the bars never wait for its
+    # making, encoding, file or download. A new photo cancels the last one's, no longer wanted.
     mapped = landed.success(finish_heatmap, [shown, opacity], [tab.overlay, parts.caption], **PAGE_ONLY)
     tab.photo.change(None, cancels=[mapped], **PAGE_ONLY)
     tab.bars.select(switch_heatmap, [shown, opacity], [tab.overlay, parts.caption, shown], **PAGE_ONLY)
@@ -108,7 +101,6 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         name: str,
         current: str,
         image: str | None,
-        opacity: float,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ):
         """Another model was picked: load it (download progress on the page), show its card, and classify
@@ -120,7 +112,7 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
             card = model_card(models, name)
             if image is None:
                 return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
-            return card, *answers.show(classifier, image, opacity), name
+            return card, *answers.show(classifier, image), name
 
     # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
     # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
@@ -128,7 +120,7 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         lambda name: model_card(models, name), tab.picker, parts.card, show_progress="hidden", **PAGE_ONLY
     ).then(
         choose_model,
-        [tab.picker, chosen, tab.photo, parts.opacity],
+        [tab.picker, chosen, tab.photo],
         [parts.card, tab.bars, tab.overlay, parts.caption, parts.shown, chosen],
         show_progress_on=[tab.bars, tab.overlay],  # the card stays readable while a model loads
         concurrency_limit=answers.concurrency,

@@ -34,12 +34,17 @@ def launch_options(
     routes: Sequence[BaseRoute] = (),
 ) -> dict:
     """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
-    limit, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those older than
-    `delete_cache[1]`; `routes` go on the server beside the page's (/healthz, /readyz, /metrics)."""
+    limit, no run history, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those
+    older than `delete_cache[1]`; `routes` go on the server beside the page's (/healthz, /readyz, /metrics).
+
+    Gradio 6.24+ records calls (their photos and answers) in the browser for a "runs" page unless told not
+    to; this page keeps nothing, there either (`run_history=False` also deletes what an earlier version
+    recorded)."""
     return {
         "theme": THEME,
         "css": CSS,
         "max_file_size": max_file_size,
+        "run_history": False,
         "app_kwargs": {"lifespan": clean_cache(*delete_cache), "routes": list(routes)},
     }
 
