@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier import batch, cuda, tensor_pipeline
+from image_classifier import batch, cuda, tensor_pipeline, zerogpu
 from image_classifier.batch import batch_of
 from image_classifier.catalogue import (
     DEFAULT_MODEL,
@@ -56,6 +56,7 @@ from image_classifier.engines import (
     MEMORY_PER_WEIGHT,
     NON_FINITE_MESSAGE,
     PRECISIONS,
+    REFERENCE,
     EngineUnavailable,
     NonFiniteResultError,
     check_finite,
@@ -204,6 +205,8 @@ class Classifier:
         if precision == "fast" and engine is None:
             check = self._fidelity_check(EXAMPLE_PHOTOS if check_images is None else check_images)
         cuda.configure(self.device)
+        if zerogpu.active() and engine is None:  # no GPU outside the model's steps: nothing to time
+            engine = REFERENCE
         self._runnable, self._check, self._forced_engine, self._example = runnable, check, engine, example
         self.engine_choice, self._run = setup_engine(
             runnable,
@@ -222,7 +225,9 @@ class Classifier:
         # On the model's device: many photos decoded and preprocessed there (tensor_pipeline), and one
         # photo's JPEG too. Concurrent callers may share forward passes (SharedForward): off, since on an H200
         # 32 callers got 0.80x the throughput with it (the model is not their limit; BENCHMARKS.md section 5).
-        fits = precision == "fast" and TensorPreprocess.fits(self.reference_transform)
+        fits = (
+            precision == "fast" and TensorPreprocess.fits(self.reference_transform) and not zerogpu.active()
+        )
         self.tensor_preprocess = TensorPreprocess(self.reference_transform) if fits else None
         on_cuda = self.device.type == "cuda"
         self.device_decode_min_pixels = DEVICE_DECODE_MIN_PIXELS if on_cuda and fits else None
@@ -487,6 +492,9 @@ class Classifier:
     def _check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= len(self.labels):
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
+
+
+zerogpu.decorate(Classifier)  # on Hugging Face ZeroGPU, each forward pass runs in a `spaces.GPU` function
 
 
 def check_views(photo: Image.Image) -> list[Image.Image]:
