@@ -777,7 +777,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
             args.images,
             args.output,
             top_k=args.top_k,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or batch.DEFAULT_BATCH_SIZE,  # the actors' device is theirs to know
             resume=args.resume,
             address=args.ray_address,
             actors=args.ray_actors,
