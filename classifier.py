@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_classifier import batch
+from image_classifier import batch, cuda, tensor_pipeline, zerogpu
+from image_classifier.batch import batch_of
 from image_classifier.catalogue import (
     DEFAULT_MODEL,
     DEFAULT_MODELS,
@@ -53,10 +54,13 @@ from image_classifier.engines import (
     ENGINES,
     MEMORY_PER_MODEL_MB,
     MEMORY_PER_WEIGHT,
+    NON_FINITE_MESSAGE,
     PRECISIONS,
+    REFERENCE,
     EngineUnavailable,
     NonFiniteResultError,
     check_finite,
+    log_non_finite,
     resolve_device,
     select_engine,
 )
@@ -75,6 +79,8 @@ from image_classifier.heatmaps import (
 from image_classifier.labels import DEFAULT_LABELS_PATH, load_labels
 from image_classifier.model_set import DEFAULT_MODEL_MEMORY_MB, ModelNotOffered, ModelSet
 from image_classifier.preprocessing import FusedEvalTransform, default_transform, draft_side, seen_region
+from image_classifier.sharing import SharedForward
+from image_classifier.tensor_pipeline import TensorPreprocess
 from image_classifier.tuner import EngineChoice, FidelityCheck, setup_engine
 
 __all__ = [
@@ -119,6 +125,11 @@ __all__ = [
     "resolve_device",
     "select_engine",
 ]
+
+DEVICE_DECODE_MIN_PIXELS = 0
+"""On CUDA, `precision="fast"` decodes one photo's JPEG on the GPU (nvJPEG) from this size up. Every size
+pays on an H200: a 640×480 photo -> top 5 in 3.5 ms against 6.9 ms with the CPU decoder, 12 MP in 13.8 ms
+against 83.9 ms (BENCHMARKS.md, section 5)."""
 
 EXAMPLE_PHOTOS = sorted(Path(__file__).resolve().with_name("examples").glob("*.jpg"))
 """The bundled example photos: the page shows them, and the engine tuner checks answers on them."""
@@ -193,11 +204,38 @@ class Classifier:
         check = None
         if precision == "fast" and engine is None:
             check = self._fidelity_check(EXAMPLE_PHOTOS if check_images is None else check_images)
+        cuda.configure(self.device)
+        if zerogpu.active() and engine is None:  # no GPU outside the model's steps: nothing to time
+            engine = REFERENCE
+        self._runnable, self._check, self._forced_engine, self._example = runnable, check, engine, example
         self.engine_choice, self._run = setup_engine(
-            runnable, self.device, example, precision=precision, engine=engine, check=check, name=self.name
+            runnable,
+            self.device,
+            example,
+            precision=precision,
+            engine=engine,
+            check=check,
+            name=self.name,
+            keep_model=self.device.type == "cuda",  # fp32 stays for the batch runner's own choice
         )
         self.engine = self.engine_choice.engine
-        # After the engine: the methods run the tail as the engine left the model (fp16 on CUDA, for one).
+        self.engine_choices = {1: self.engine_choice}
+        """The engine chosen for each batch size (`use_batch_size`); 1 is the page's."""
+        self._runners = {1: self._run}
+        # On the model's device: many photos decoded and preprocessed there (tensor_pipeline), and one
+        # photo's JPEG too. Concurrent callers may share forward passes (SharedForward): off, since on an H200
+        # 32 callers got 0.80x the throughput with it (the model is not their limit; BENCHMARKS.md section 5).
+        fits = (
+            precision == "fast" and TensorPreprocess.fits(self.reference_transform) and not zerogpu.active()
+        )
+        self.tensor_preprocess = TensorPreprocess(self.reference_transform) if fits else None
+        on_cuda = self.device.type == "cuda"
+        self.device_decode_min_pixels = DEVICE_DECODE_MIN_PIXELS if on_cuda and fits else None
+        self.share_forward_passes = False
+        """On CUDA, run concurrent callers' photos through the model together (`sharing.SharedForward`)."""
+        self._shared = SharedForward(self._forward_on_device)
+        # After the engine: the methods run the tail as the engine left the model (fp32 on CUDA, where the
+        # engine is set up on a copy).
         self._explainer = None
         if self.cam_layers is not None or self.gradcam_layer is not None:
             self._explainer = Explainer(self.model, self.cam_layers, self.gradcam_layer, self._run)
@@ -250,7 +288,14 @@ class Classifier:
         return load_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """Decode one image and turn it into the model's input tensor (C, H, W)."""
+        """Decode one image and turn it into the model's input tensor (C, H, W): on the CPU, or for a large
+        JPEG on CUDA (`device_decode_min_pixels`), decoded and preprocessed on the GPU."""
+        if self.device_decode_min_pixels is not None and not isinstance(image, Image.Image):
+            loaded = tensor_pipeline.load(self, "", image, self.device_decode_min_pixels, cpu=False)
+            if loaded.data is not None:
+                (pixels,) = tensor_pipeline.decode_on(self.device, [loaded])
+                if pixels is not None:
+                    return self.tensor_preprocess([pixels])[0]
         rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.decode(image)
         return self.transform(limit_aspect_ratio(rgb))
 
@@ -259,8 +304,62 @@ class Classifier:
 
         `threads` caps the CPU threads of this pass on the OpenVINO engine (a model compiled for it on first
         use); the PyTorch engines use their global thread pool. The Live tab runs its frames on one thread.
+
+        On CUDA the finiteness check runs on the GPU and one copy brings the answers back; with
+        `share_forward_passes`, callers on several threads share forward passes (`sharing.SharedForward`).
         """
-        return self.forward_with_features(batch, threads=threads)[0]
+        if self.device.type != "cuda" or threads is not None:
+            return self.forward_with_features(batch, threads=threads)[0]
+        run = self._shared if self.share_forward_passes else self._forward_on_device
+        probabilities, finite = run(batch)
+        if not bool(finite.all()):
+            self.report_non_finite(int((~finite).sum()), len(finite))
+            raise NonFiniteResultError(NON_FINITE_MESSAGE)
+        return probabilities
+
+    def _forward_on_device(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and whether each row is finite, brought back from the device in one copy."""
+        with torch.inference_mode():
+            outputs = self._runner_for(len(batch))(batch.to(self.device, non_blocking=True))
+            logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            finite = cuda.finite_rows(logits, features)
+            packed = torch.cat([logits.float().softmax(dim=-1), finite[:, None].float()], dim=1).cpu()
+        return packed[:, :-1], packed[:, -1].bool()
+
+    def forward_top_k(self, batch: torch.Tensor, top_k: int) -> torch.Tensor:
+        """(N, 2 top_k + 1) float64 on the model's device, nothing waited for: each row's top_k
+        probabilities, their class indices, and 1 where the row is finite (the batch runner on CUDA)."""
+        with torch.inference_mode():
+            outputs = self._runner_for(len(batch))(batch.to(self.device, non_blocking=True))
+            logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            finite = cuda.finite_rows(logits, features)
+            values, indices = logits.float().softmax(dim=-1).topk(top_k)
+            return torch.cat([values.double(), indices.double(), finite[:, None].double()], dim=1)
+
+    def report_non_finite(self, count: int, total: int) -> None:
+        """Log that `count` of `total` images got a non-finite result (they get `NON_FINITE_MESSAGE`)."""
+        log_non_finite(self.name, self.engine, count, total)
+
+    def use_batch_size(self, batch_size: int) -> EngineChoice:
+        """Choose the engine for batches of `batch_size` (the batch runner's) as well: on CUDA the tuner
+        times every candidate at that size (cached like the batch-1 choice); elsewhere, or where the engine
+        was forced or is exact, the batch-1 choice stands."""
+        if batch_size in self.engine_choices:
+            return self.engine_choices[batch_size]
+        if self.device.type != "cuda" or self.precision != "fast" or self._forced_engine is not None:
+            return self.engine_choice
+        example = self._example.expand(batch_size, *self._example.shape[1:]).contiguous()
+        choice, run = setup_engine(
+            self._runnable, self.device, example, check=self._check, name=self.name, keep_model=True
+        )
+        self.engine_choices[batch_size], self._runners[batch_size] = choice, run
+        return choice
+
+    def _runner_for(self, rows: int):
+        """The engine chosen for batch 1 runs single photos; the one chosen for the largest batch the rest."""
+        if rows == 1 or len(self._runners) == 1:
+            return self._run
+        return self._runners[max(self._runners)]
 
     def forward_with_features(
         self, batch: torch.Tensor, *, threads: int | None = None
@@ -271,7 +370,8 @@ class Classifier:
         Raises `NonFiniteResultError` where any image's logits or feature map hold NaN or infinity."""
         with torch.inference_mode():
             batch = batch.to(self.device)
-            outputs = self._run(batch) if threads is None else self._run(batch, threads=threads)
+            run = self._runner_for(len(batch))
+            outputs = run(batch) if threads is None else run(batch, threads=threads)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
             check_finite(logits, features, model=self.name, engine=self.engine)
             return logits.float().softmax(dim=-1).cpu(), None if features is None else features.float().cpu()
@@ -295,7 +395,7 @@ class Classifier:
         if not images:
             return []
         tensors = [self.preprocess(image) for image in images]
-        batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: no copy
+        batch = tensors[0].unsqueeze(0) if len(tensors) == 1 else batch_of(tensors)  # one: no copy
         return [self.postprocess(p, top_k) for p in self.forward(batch, threads=threads)]
 
     def analyse(self, image: ImageInput, top_k: int = 5, *, threads: int | None = None) -> Analysis:
@@ -392,6 +492,9 @@ class Classifier:
     def _check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= len(self.labels):
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, not {top_k}")
+
+
+zerogpu.decorate(Classifier)  # on Hugging Face ZeroGPU, each forward pass runs in a `spaces.GPU` function
 
 
 def check_views(photo: Image.Image) -> list[Image.Image]:
@@ -624,13 +727,22 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """Many images into one table (image_classifier.batch), locally or on Ray."""
     group = parser.add_argument_group("many images into one table")
     group.add_argument("--output", metavar="FILE", help="write a .csv, .jsonl or .parquet table")
-    group.add_argument("--batch-size", type=int, default=batch.DEFAULT_BATCH_SIZE, metavar="N")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help=f"images per forward pass (default {batch.DEFAULT_BATCH_SIZE}; {batch.CUDA_BATCH_SIZE} on CUDA)",
+    )
     group.add_argument("--workers", type=int, metavar="N", help="decoding threads (default: up to 4)")
     group.add_argument("--resume", action="store_true", help="keep the rows in FILE, skip their images")
     group.add_argument("--progress", action="store_true", help="progress bar even when not on a terminal")
     group.add_argument("--ray", action="store_true", help="run on Ray (local, or RAY_ADDRESS's cluster)")
     group.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default $RAY_ADDRESS)")
     group.add_argument("--ray-actors", type=int, metavar="N", help="classifier actors (default: from CPUs)")
+
+
+def default_batch_size(device: torch.device) -> int:
+    return batch.CUDA_BATCH_SIZE if device.type == "cuda" else batch.DEFAULT_BATCH_SIZE
 
 
 def run_batch(classifier: Classifier, args: argparse.Namespace) -> int:
@@ -640,7 +752,7 @@ def run_batch(classifier: Classifier, args: argparse.Namespace) -> int:
             args.images,
             args.output,
             top_k=args.top_k,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or default_batch_size(classifier.device),
             workers=args.workers,
             resume=args.resume,
             progress=args.progress or None,
@@ -665,7 +777,7 @@ def run_on_ray(args: argparse.Namespace) -> int:
             args.images,
             args.output,
             top_k=args.top_k,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or batch.DEFAULT_BATCH_SIZE,  # the actors' device is theirs to know
             resume=args.resume,
             address=args.ray_address,
             actors=args.ray_actors,

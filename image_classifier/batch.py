@@ -33,6 +33,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 DEFAULT_BATCH_SIZE = 16
 """Images per forward pass (bench/batch.py: the best on 2 Zen 4 cores, DenseNet-121 on OpenVINO)."""
+CUDA_BATCH_SIZE = 128
+"""Images per forward pass on CUDA (bench/gpu.py: DenseNet-121 on an H200 gains little past it)."""
 DEFAULT_MAX_BATCH_FILES = 100
 """Most files the page's Many photos tab takes in one go."""
 
@@ -123,14 +125,16 @@ def classify_images(
     top_k: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    pipeline: str | None = None,
 ) -> Iterator[Row]:
     """One `Row` per image, in order, from batched forward passes; decoding runs ahead on `workers` threads.
 
     At most two batches' worth of images are decoded ahead of the engine (a bounded window), so memory
-    doesn't grow with the number of images.
+    doesn't grow with the number of images. `pipeline`: see `classify_sources`.
     """
+    pairs = ((image, image) for image in images)
     return classify_sources(
-        classifier, ((image, image) for image in images), top_k=top_k, batch_size=batch_size, workers=workers
+        classifier, pairs, top_k=top_k, batch_size=batch_size, workers=workers, pipeline=pipeline
     )
 
 
@@ -141,12 +145,54 @@ def classify_sources(
     top_k: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    pipeline: str | None = None,
 ) -> Iterator[Row]:
-    """`classify_images` for (name, image) pairs, the image given as a path, bytes or a PIL image."""
+    """`classify_images` for (name, image) pairs, the image given as a path, bytes or a PIL image.
+
+    `pipeline`: "pil" decodes and preprocesses on CPU threads (`classifier.preprocess`); "tensor" decodes
+    JPEGs and preprocesses on the model's device (`tensor_pipeline`); None: "tensor" on CUDA where the
+    classifier offers it, else "pil".
+    """
     if not 1 <= top_k <= len(classifier.labels):
         raise ValueError(f"top_k must be between 1 and {len(classifier.labels)}, not {top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if pipeline is None:
+        pipeline = "tensor" if on_cuda(classifier) else "pil"
+    if pipeline == "tensor":
+        return _classify_on_device(classifier, sources, top_k, batch_size, workers)
+    return _classify_on_threads(classifier, sources, top_k, batch_size, workers)
+
+
+def on_cuda(classifier: object) -> bool:
+    """Whether `classifier` runs on CUDA and can take the tensor pipeline (`precision="fast"`)."""
+    device = getattr(classifier, "device", None)
+    return (
+        getattr(classifier, "tensor_preprocess", None) is not None and getattr(device, "type", "") == "cuda"
+    )
+
+
+def _classify_on_device(
+    classifier, sources, top_k: int, batch_size: int, workers: int | None
+) -> Iterator[Row]:
+    from image_classifier.tensor_pipeline import classify_on_device
+
+    if classifier.tensor_preprocess is None:
+        raise ValueError("The tensor pipeline needs precision 'fast' and a torchvision preset transform.")
+    classifier.use_batch_size(batch_size)  # the engine for this batch size, tuned once (cached)
+    for answer in classify_on_device(
+        classifier, sources, top_k=top_k, batch_size=batch_size, workers=workers
+    ):
+        yield Row(answer.name, answer.predictions, answer.error)
+
+
+def _classify_on_threads(
+    classifier: Predictor,
+    sources: Iterable[tuple[str, ImageInput]],
+    top_k: int,
+    batch_size: int,
+    workers: int | None,
+) -> Iterator[Row]:
     workers = workers or min(4, os.cpu_count() or 1)
     window = 2 * batch_size + workers
     queue = iter(sources)
@@ -208,7 +254,7 @@ def _predict(
     # A short batch is padded to a power of two (or the batch size), so engines that compile a model
     # per batch shape (OpenVINO) see a handful of shapes, not one per leftover count.
     padded = min(1 << (len(tensors) - 1).bit_length(), batch_size)
-    batch = torch.stack(tensors + [tensors[-1]] * (padded - len(tensors)))
+    batch = batch_of(tensors + [tensors[-1]] * (padded - len(tensors)))
     try:
         probabilities = classifier.forward(batch)[: len(tensors)]
     except (ImageError, NonFiniteResultError) as e:  # one image's NaN: find which, one at a time
@@ -222,6 +268,16 @@ def _predict(
         except (ImageError, NonFiniteResultError) as e:
             answers.append(str(e))
     return answers
+
+
+def batch_of(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack`, on the device of any tensor already off the CPU (on CUDA, large JPEGs are decoded and
+    preprocessed on the GPU, the others on the CPU)."""
+    devices = {tensor.device for tensor in tensors}
+    if len(devices) > 1:
+        device = next(device for device in devices if device.type != "cpu")
+        tensors = [tensor.to(device, non_blocking=True) for tensor in tensors]
+    return torch.stack(list(tensors))
 
 
 # --- the output files --------------------------------------------------------------------------

@@ -24,12 +24,24 @@ PRECISIONS = ("fast", "exact")
 ENGINES = {
     "torch-fp32": "PyTorch fp32, the reference",
     "torch-fp32-channels-last": "PyTorch fp32, channels_last",
-    "torch-bf16-channels-last": "PyTorch bf16 autocast, channels_last",
+    "torch-bf16-channels-last": "PyTorch bf16, channels_last (autocast on the CPU)",
+    "torch-bf16": "PyTorch bf16",
     "torch-fp16": "PyTorch fp16",
     "torch-fp16-channels-last": "PyTorch fp16, channels_last",
     "openvino-fp32": "OpenVINO fp32",
     "openvino-bf16": "OpenVINO bf16",
 }
+CUDA_EAGER = (
+    "torch-fp32",
+    "torch-fp32-channels-last",
+    "torch-fp16",
+    "torch-fp16-channels-last",
+    "torch-bf16",
+    "torch-bf16-channels-last",
+)
+GRAPHS = "-graphs"
+"""Suffix of the CUDA engines replayed from captured CUDA graphs (`cuda.CudaGraphRunner`)."""
+ENGINES.update({f"{engine}{GRAPHS}": f"{ENGINES[engine]}, CUDA graphs" for engine in CUDA_EAGER})
 """Every engine by name (`--engine NAME` forces one) and how it reads on the page."""
 REFERENCE = "torch-fp32"
 
@@ -45,6 +57,7 @@ MEMORY_PER_WEIGHT = {
     "torch-bf16-channels-last": 1.5,
     "torch-fp16": 1.0,
     "torch-fp16-channels-last": 1.0,
+    "torch-bf16": 1.0,
 }
 """Resident memory a loaded model takes per byte of its fp32 weights, on each engine. OpenVINO holds three
 copies: the PyTorch module, the converted graph (kept to compile other batch sizes) and the compiled model;
@@ -112,11 +125,12 @@ def cpu_has_bf16() -> bool:
 def candidate_engines(device: torch.device, *, openvino: bool, bf16: bool) -> list[str]:
     """The engines the tuner times on `device`, full precision first.
 
-    CUDA: fp32 and fp16, each plain and channels_last. CPU: OpenVINO fp32, and bf16 where the CPU has it;
-    without OpenVINO, PyTorch fp32 (plain and channels_last) and bf16 where the CPU has it.
+    CUDA: fp32, fp16 and bf16, each plain and channels_last, each eager and replayed from CUDA graphs. CPU:
+    OpenVINO fp32, and bf16 where the CPU has it; without OpenVINO, PyTorch fp32 (plain and channels_last)
+    and bf16 where the CPU has it.
     """
     if device.type == "cuda":
-        return ["torch-fp32", "torch-fp32-channels-last", "torch-fp16", "torch-fp16-channels-last"]
+        return [*CUDA_EAGER, *(f"{engine}{GRAPHS}" for engine in CUDA_EAGER)]
     if device.type != "cpu":
         return [REFERENCE]
     if openvino:
@@ -154,14 +168,19 @@ def check_finite(*outputs: torch.Tensor | None, model: str, engine: str) -> None
             rows = ~_finite_rows(output)
             bad = rows if bad is None else bad | rows
     if bad is not None and bool(bad.any()):
-        logger.error(
-            "%s on %s gave a non-finite result (NaN or infinity) for %d of %d images: refused, not shown.",
-            model,
-            engine,
-            int(bad.sum()),
-            bad.size,
-        )
+        log_non_finite(model, engine, int(bad.sum()), bad.size)
         raise NonFiniteResultError(NON_FINITE_MESSAGE)
+
+
+def log_non_finite(model: str, engine: str, count: int, total: int) -> None:
+    """Log that `count` of `total` images got a non-finite result from `model` on `engine`."""
+    logger.error(
+        "%s on %s gave a non-finite result (NaN or infinity) for %d of %d images: refused, not shown.",
+        model,
+        engine,
+        count,
+        total,
+    )
 
 
 def _finite_rows(output: torch.Tensor) -> np.ndarray:
@@ -325,6 +344,10 @@ def torch_runner(model: torch.nn.Module, engine: str, *, copy_model: bool = Fals
     The runner takes `threads` like every other and ignores it (PyTorch's thread pool is global)."""
     if engine not in ENGINES or engine.startswith("openvino"):
         raise EngineUnavailable(f"Unknown engine {engine!r}: use one of {', '.join(ENGINES)}.")
+    if engine.endswith(GRAPHS):
+        from image_classifier.cuda import CudaGraphRunner
+
+        return CudaGraphRunner(torch_runner(model, engine.removesuffix(GRAPHS), copy_model=copy_model))
     if engine == REFERENCE:
         return lambda batch, threads=None: model(batch)
     if copy_model:
@@ -335,8 +358,11 @@ def torch_runner(model: torch.nn.Module, engine: str, *, copy_model: bool = Fals
     model = model.to(memory_format=layout)
     if engine.startswith("torch-fp16"):
         return lambda batch, threads=None: model(batch.half().contiguous(memory_format=layout))
+    device_type = next(model.parameters()).device.type
+    if engine.startswith("torch-bf16") and device_type == "cuda":  # bf16 weights: faster than autocast
+        model = model.to(torch.bfloat16)
+        return lambda batch, threads=None: model(batch.to(torch.bfloat16).contiguous(memory_format=layout))
     if engine.startswith("torch-bf16"):
-        device_type = next(model.parameters()).device.type
 
         def bf16(batch: torch.Tensor, threads: int | None = None):
             with torch.autocast(device_type, dtype=torch.bfloat16):

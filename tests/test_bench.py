@@ -44,11 +44,14 @@ def test_gpu_benchmark_runs(tmp_path):
     # No GPU in CI: --device cpu checks the script itself; the numbers mean something on CUDA only.
     run("gpu.py", tmp_path, "--device", "cpu")
     results = json.loads((tmp_path / "gpu.json").read_text())
-    assert results["engines"]["exact"] == "torch-fp32"
-    for kind in ("forward", "end_to_end"):
-        assert set(results[kind]) == {"1", "2"}
-        for result in results[kind].values():
-            assert result["speedup"] > 0 and len(result["fast"]) == len(result["exact"]) == 2
+    assert results["failed_sections"] == []
+    assert results["many_photos"]["files"] == 24 and results["many_photos"]["ratio_to_reference"] > 0
+    for photo in results["one_photo"].values():
+        assert set(photo["ms"]) == {"seed", "fast", "fast, CPU decoder", "fast, GPU decoder", "exact"}
+    assert results["concurrent"]["answers_unlike_a_lone_call"] == 0
+    assert (
+        set(results["tuner"]) == {"1"} and results["fidelity"]["same_top1"] == results["fidelity"]["photos"]
+    )
 
 
 def test_heatmap_benchmark_runs(tmp_path):
