@@ -1,6 +1,7 @@
 """The API: `/predict` (photo -> the default model's top classes, unchanged for clients since the first
-version), `/explain` (photo -> top classes and the top class's heatmap), `/classify` (photo, model -> top
-classes) and `/compare` (photo, model A, model B -> two top-class lists)."""
+version), `/explain` (photo, optionally a label -> top classes and the top class's heatmap, or that label's
+heatmap, the label and its probability among the classes in place of the last one), `/classify` (photo,
+model -> top classes) and `/compare` (photo, model A, model B -> two top-class lists)."""
 
 from __future__ import annotations
 
@@ -31,17 +32,25 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         with answers.metered("compare", name_a), answers.metered("compare", name_b):
             return answers.classify(image, name_a), answers.classify(image, name_b)
 
-    def explain(image: str | None) -> tuple[dict[str, float], Image.Image | None]:
-        """The label value and the top class's heatmap picture (none where the model has no heatmaps):
-        `/explain`."""
+    def explain(image: str | None, label: str | None = None) -> tuple[dict[str, float], Image.Image | None]:
+        """The label value and the heatmap picture of `label` (default: the top class; none where the
+        model has no heatmaps): `/explain`. A label outside the top classes takes the last one's place,
+        with its probability: as many classes as ever."""
         with answers.metered("explain", default):
             if image is None:
                 raise gr.Error(NO_PHOTO)
             predictions, shown = answers.analyse(answers.classifier(default), image)
-            return predictions, None if shown is None else top_heatmap(shown)
+            if shown is None:
+                return predictions, None
+            if label is not None and label not in predictions:
+                kept = list(predictions.items())[: len(predictions) - 1]
+                predictions = {**dict(kept), label: shown.probabilities[label]}
+            return predictions, top_heatmap(shown, label)
 
     gr.Button(visible=False).click(predict, photo.photo, photo.bars, api_name="predict")
-    gr.Button(visible=False).click(explain, photo.photo, [photo.bars, photo.overlay], api_name="explain")
+    gr.Button(visible=False).click(
+        explain, [photo.photo, photo.see], [photo.bars, photo.overlay], api_name="explain"
+    )
     gr.Button(visible=False).click(
         classify,
         [photo.photo, photo.picker],
