@@ -250,6 +250,11 @@ class Classifier:
         default = self._explainer.default
         return (default, *(name for name in self._explainer.methods if name != default))
 
+    def method_seconds(self, method: str, ms_per_photo: float | None = None) -> float | None:
+        """About how long `method` takes for one class's map on this machine: as last measured, else for
+        Score-CAM estimated from `ms_per_photo` (one engine pass per feature channel); None where unknown."""
+        return None if self._explainer is None else self._explainer.seconds_estimate(method, ms_per_photo)
+
     @property
     def _gradcam(self):
         """The default method's tail extractor where it is Grad-CAM (the tests watch it), else None."""

@@ -128,7 +128,7 @@ def named_classifier(name: str) -> Classifier:
     return Classifier(random_model(name), load_labels(), device="cpu")
 
 
-def method_costs(names: list[str], rounds: int) -> list[dict]:
+def method_costs(names: list[str], rounds: int, slow_models: set[str] | None = None) -> list[dict]:
     print("\n3. Per method, 640×480: bars vs bars + the top class's map by that method (median, min–max)")
     data = jpeg_of_size(640, 480)
     rows = []
@@ -139,13 +139,15 @@ def method_costs(names: list[str], rounds: int) -> list[dict]:
         for method in quick:
             contenders[method] = lambda c=classifier, m=method: method_work(c, data, m)
         times = side_by_side(contenders, rounds)
-        for method in classifier.methods:
-            if method not in quick:  # seconds to minutes: once, beside one more time for the bars
-                times[method] = [timed(lambda c=classifier, m=method: method_work(c, data, m))]
-                times["bars"].append(timed(lambda c=classifier: c.predict(data)))
+        slow = [
+            m for m in classifier.methods if m not in quick and (slow_models is None or name in slow_models)
+        ]
+        for method in slow:  # seconds to minutes: once, beside one more time for the bars
+            times[method] = [timed(lambda c=classifier, m=method: method_work(c, data, m))]
+            times["bars"].append(timed(lambda c=classifier: c.predict(data)))
         bars = statistics.median(times["bars"])
         print(f"  {name:<14} {classifier.engine:<14} bars {summary(times['bars'])}", flush=True)
-        for method in classifier.methods:
+        for method in [*quick, *slow]:
             extra = statistics.median(times[method]) - bars
             rows.append(
                 {
@@ -208,6 +210,7 @@ def main() -> None:
     parser.add_argument(
         "--method-models", default=METHOD_MODELS, help=f"section 3's models (default {METHOD_MODELS})"
     )
+    parser.add_argument("--slow-models", help="section 3's models timed with Score-CAM too (default all)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     results: dict[str, object] = {}
@@ -218,7 +221,8 @@ def main() -> None:
         results["fallback"] = fallback_costs(fallback_models, 1 if args.quick else 5)
     if "3" in sections:
         method_models = ["mobilenet_v3_small"] if args.quick else args.method_models.split(",")
-        results["methods"] = method_costs(method_models, 1 if args.quick else 5)
+        slow_models = None if args.slow_models is None else set(args.slow_models.split(","))
+        results["methods"] = method_costs(method_models, 1 if args.quick else 5, slow_models)
         results["localisation"] = localisation(["CAM"] if args.quick else list(METHODS))
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "heatmaps.json"

@@ -25,6 +25,7 @@ import functools
 import itertools
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -474,6 +475,10 @@ class Explainer:
         self.methods = tuple(name for name in METHODS if name != "CAM" or cam is not None)
         self._makers: dict[str, TailMaps | ModelMaps] = {}
         self._lock = threading.Lock()
+        self.channels: int | None = None
+        """Channels of the feature map, once a map has been made."""
+        self.seconds_per_class: dict[str, float] = {}
+        """Each method's time for one class's map, as last measured on this machine."""
 
     def maker(self, method: str) -> TailMaps | ModelMaps:
         """The extractor of a gradient or scoring method, set up on first use."""
@@ -507,10 +512,23 @@ class Explainer:
     ) -> np.ndarray:
         """Maps (len(classes), h, w) in [0, 1] of one image, from its feature map (C, h, w; a ViT's tokens)
         and its preprocessed batch (1, C, H, W)."""
+        self.channels = features.shape[0] if features.ndim == 3 else features.shape[-1]
         if method == "CAM":
             return class_activation_maps(features, self.class_weights, classes)
         maker = self.maker(method)
-        return maker.maps(features, classes) if isinstance(maker, TailMaps) else maker.maps(batch, classes)
+        started = time.perf_counter()
+        maps = maker.maps(features, classes) if isinstance(maker, TailMaps) else maker.maps(batch, classes)
+        self.seconds_per_class[method] = (time.perf_counter() - started) / max(1, len(classes))
+        return maps
+
+    def seconds_estimate(self, method: str, ms_per_photo: float | None) -> float | None:
+        """About how long `method` takes for one class on this machine: as last measured, else (for
+        Score-CAM) one engine pass per channel of the feature map at `ms_per_photo`; None where unknown."""
+        if method in self.seconds_per_class:
+            return self.seconds_per_class[method]
+        if METHODS[method].slow and self.channels and ms_per_photo:
+            return self.channels * ms_per_photo / 1000
+        return None
 
 
 def _pooled_linear_tail(classifier: str, model: torch.nn.Module) -> torch.nn.Module:

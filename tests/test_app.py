@@ -90,9 +90,12 @@ def test_with_several_models_the_photo_tab_has_a_picker_and_a_card(models):
 def test_the_api_offers_predict_and_explain(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/predict", "/explain", "/classify", "/compare"} <= set(endpoints)
-    for name in ("/predict", "/explain"):
-        (parameter,) = endpoints[name]["parameters"]
-        assert parameter["component"] == "Image"
+    (parameter,) = endpoints["/predict"]["parameters"]
+    assert parameter["component"] == "Image"
+    photo, label = endpoints["/explain"]["parameters"]  # a label is optional
+    assert (
+        photo["component"] == "Image" and label["component"] == "Dropdown" and label["parameter_has_default"]
+    )
     assert [r["component"] for r in endpoints["/predict"]["returns"]] == ["Label"]
     assert [r["component"] for r in endpoints["/explain"]["returns"]] == ["Label", "Image"]
 
@@ -107,6 +110,23 @@ def test_explain_endpoint_gives_the_label_value_and_the_heatmap_picture(client):
         assert overlay.size == Image.open(EXAMPLES / "cat.jpg").size  # small photos keep their size
     with pytest.raises(AppError, match="Add a photo first"):
         client.predict(None, api_name="/explain")
+
+
+def test_explain_endpoint_shows_any_label_with_its_probability(client, oracle):
+    from PIL import Image
+
+    cat = handle_file(str(EXAMPLES / "cat.jpg"))
+    bars, picture = client.predict(cat, "goldfish", api_name="/explain")
+    top = client.predict(cat, api_name="/predict")
+    confidences = {entry["label"]: entry["confidence"] for entry in bars["confidences"]}
+    assert len(confidences) == 5 and bars["label"] == top["label"]
+    assert list(confidences)[:4] == [entry["label"] for entry in top["confidences"]][:4]
+    expected = oracle.predict(EXAMPLES / "cat.jpg", top_k=1000)["goldfish"]
+    assert confidences["goldfish"] == pytest.approx(expected, abs=1e-4)
+    with Image.open(picture) as overlay:
+        assert overlay.size == Image.open(EXAMPLES / "cat.jpg").size
+    with pytest.raises(AppError):
+        client.predict(cat, "not a class", api_name="/explain")
 
 
 def test_explain_endpoint_with_the_gradcam_fallback_gives_the_same_bars_and_a_heatmap(

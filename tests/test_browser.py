@@ -277,6 +277,30 @@ def test_a_new_photo_while_a_map_is_being_made_gets_its_own_map(fallback_page, h
     expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{top}”")
 
 
+def test_show_where_it_sees_any_class_by_another_method_each_state_passing_axe(page):
+    """The class picker (its list open, filtered), a class outside the top five with its probability, the
+    method picker open (the slow method says how slow) and a map by another method: no axe violation."""
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    read_chart(page)
+    page.get_by_label("Show where it sees…", exact=True).click()
+    page.keyboard.type("goldfi")  # the list filters as one types
+    goldfish = page.get_by_role("option", name="goldfish", exact=True)
+    expect(goldfish).to_be_visible()
+    assert accessibility_violations(page) == [], "the class list open"
+    goldfish.click()
+    shown = re.compile(r"Where the model looked for “goldfish” \(probability \d+\.\d%\)")
+    expect(page.locator(CAPTION)).to_contain_text(shown)
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", shown)
+    page.get_by_label("Heatmap method", exact=True).click()
+    expect(page.get_by_role("option", name=re.compile(r"^Score-CAM \(slow"))).to_be_visible()
+    assert accessibility_violations(page) == [], "the method list open"
+    page.get_by_role("option", name="Grad-CAM++", exact=True).click()
+    expect(page.locator(CAPTION)).to_contain_text("“goldfish” (probability", timeout=60_000)
+    expect(page.locator(CAPTION)).to_contain_text(", by Grad-CAM++", timeout=60_000)
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", re.compile("by Grad-CAM\\+\\+$"))
+    assert accessibility_violations(page) == [], "a class's map by another method"
+
+
 def test_every_tab_passes_axe_wcag_21_aa_empty_with_a_photo_and_after_clear(page):
     tabs = page.get_by_role("tab")
     names = tabs.all_inner_texts()

@@ -40,15 +40,30 @@ class ShownPhoto:
     labels: list[str]
     """The top classes, whose maps the bars can switch to."""
     source: Heatmaps | None
-    """Where the maps come from, until `make_maps` has made them."""
+    """Where the top classes' maps come from, until `make_maps` has made them."""
     maps: dict[str, np.ndarray] = field(default_factory=dict)
-    """The top classes' maps on the model's grid."""
+    """The top classes' maps on the model's grid, by the model's default method."""
+    heatmaps: Heatmaps | None = None
+    """Every class's map by every method, from this photo's feature map (about 1 MB kept per session), so
+    that "Show where it sees…" and the method choice need no second forward pass."""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    """Every class's probability."""
+    method: str | None = None
+    """The method chosen on the page; None: the model's default."""
 
     def make_maps(self) -> None:
         """The top classes' maps, all at once (for Grad-CAM: one forward pass of the tail for them all)."""
         if self.source is not None:
             self.maps.update(self.source.cams(self.labels))
-            self.source = None  # the feature map is not kept with the session
+            self.source = None
+
+    def map_of(self, label: str) -> np.ndarray | None:
+        """The map of `label` by the chosen method; None while the top classes' maps are still to be made."""
+        if self.method is None and label in self.maps:
+            return self.maps[label]
+        if self.heatmaps is None or (self.method is None and self.source is not None):
+            return None
+        return self.heatmaps.cam(label, self.method)
 
 
 def display_size(image: Image.Image) -> Image.Image:
@@ -92,20 +107,28 @@ def heatmap_picture(
     no_heatmap_reason: str | None,
     model: str = "the model",
 ):
-    """The heatmap of `label` over the photo and its caption; where the model has none, why, in words."""
+    """The heatmap of `label` over the photo and its caption; where the model has none, why, in words.
+    A class outside the top ones gets its probability in the caption, a chosen method its name."""
     if shown is None:  # the words say it; no empty picture beside them
         return gr.Image(value=None, visible=False), no_heatmap_reason
-    if label not in shown.maps:  # a Grad-CAM map, made after the bars are shown
+    cam = shown.map_of(label)
+    if cam is None:  # a Grad-CAM map, made after the bars are shown
         return no_heatmap(), pending_caption(label, model)
-    picture = own_file(overlay_heatmap(shown.image, shown.maps[label], shown.region, opacity))
+    picture = own_file(overlay_heatmap(shown.image, cam, shown.region, opacity))
     caption = heatmap_caption(label, model)  # said once, under the picture; the picture's text alternative
+    if label not in shown.labels and label in shown.probabilities:
+        caption += f" (probability {shown.probabilities[label]:.1%})"
+    if shown.method is not None:
+        caption += f", by {shown.method}"
     return gr.Image(value=picture, label="Heatmap", alt_text=caption, visible=True), caption
 
 
-def top_heatmap(shown: ShownPhoto) -> Image.Image:
-    """The top class's heatmap over the photo at full strength, as `/explain` gives it."""
-    top_map = shown.maps[shown.label] if shown.maps else shown.source.cam(shown.label)  # Grad-CAM: one
-    return own_file(overlay_heatmap(shown.image, top_map, shown.region))
+def top_heatmap(shown: ShownPhoto, label: str | None = None) -> Image.Image:
+    """The heatmap of `label` (default: the top class) over the photo at full strength, as `/explain`
+    gives it."""
+    label = label or shown.label
+    cam = shown.maps[label] if label in shown.maps else shown.heatmaps.cam(label)  # Grad-CAM: one
+    return own_file(overlay_heatmap(shown.image, cam, shown.region))
 
 
 @contextmanager
@@ -131,7 +154,9 @@ def analyse(
         return analysis.predictions, None
     display = display_size(analysis.image)
     labels = list(analysis.predictions)
-    shown = ShownPhoto(display, analysis.heatmaps.region, labels[0], labels, analysis.heatmaps)
+    heatmaps = analysis.heatmaps
+    shown = ShownPhoto(display, heatmaps.region, labels[0], labels, heatmaps, heatmaps=heatmaps)
+    shown.probabilities = analysis.probabilities
     if not analysis.heatmaps.needs_gradient:
         shown.make_maps()  # class activation maps: a matrix product, shown with the bars
     return analysis.predictions, shown

@@ -2,7 +2,8 @@
 function's, its description and argument docs are the function's docstring and type hints.
 
 `/predict` (photo -> the default model's top classes, unchanged for clients since the first version),
-`/explain` (photo -> top classes and the top class's heatmap), `/classify` (photo, model -> top classes),
+`/explain` (photo, optionally a label -> top classes and the top class's heatmap, or that label's heatmap with
+the label and its probability in place of the last class), `/classify` (photo, model -> top classes),
 `/compare` (photo, model A, model B -> two top-class lists) and `/models` (the models on offer, with their
 figures). The page's own events are private: neither endpoints nor tools.
 """
@@ -77,18 +78,25 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         with answers.metered("compare", model_a), answers.metered("compare", model_b):
             return answers.classify(image, model_a), answers.classify(image, model_b)
 
-    def explain(image: str | None) -> tuple[dict[str, float], Image.Image | None]:
+    def explain(image: str | None, label: str | None = None) -> tuple[dict[str, float], Image.Image | None]:
         """The default model's five best guesses for a photo, and a heatmap picture of where in the photo it
-        looked for the top one (none where the model has no heatmaps).
+        looked for the top one, or for `label` (none where the model has no heatmaps). A label outside the
+        five takes the fifth one's place, with its probability: as many classes as ever.
 
         Args:
             image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
+            label: optional, one of ImageNet's 1,000 class names, e.g. "tabby"; default the top class.
         """
         with answers.metered("explain", default):
             if image is None:
                 raise gr.Error(NO_PHOTO)
             predictions, shown = answers.analyse(answers.classifier(default), image)
-            return predictions, None if shown is None else top_heatmap(shown)
+            if shown is None:
+                return predictions, None
+            if label is not None and label not in predictions:
+                kept = list(predictions.items())[: len(predictions) - 1]
+                predictions = {**dict(kept), label: shown.probabilities[label]}
+            return predictions, top_heatmap(shown, label)
 
     def models() -> list[dict]:
         """The image classification models on offer, the default first: for each, its name, its ImageNet
@@ -97,7 +105,9 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         return model_figures(answers)
 
     gr.Button(visible=False).click(predict, photo.photo, photo.bars, api_name="predict")
-    gr.Button(visible=False).click(explain, photo.photo, [photo.bars, photo.overlay], api_name="explain")
+    gr.Button(visible=False).click(
+        explain, [photo.photo, photo.see], [photo.bars, photo.overlay], api_name="explain"
+    )
     classify_inputs = [photo.photo, photo.picker]
     gr.Button(visible=False).click(
         classify,

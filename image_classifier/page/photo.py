@@ -1,5 +1,6 @@
 """The Photo tab: one photo, the chosen model's five best guesses as bars, and where it looked (a heatmap,
-switched by clicking a bar, its opacity on a slider); a model picker with each model's card."""
+switched by clicking a bar, its opacity on a slider); "Show where it sees…" any of the model's classes,
+by the method chosen (the slow ones say how slow here); a model picker with each model's card."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
+from classifier import METHODS, Classifier
+
 from .answers import Answers, ShownPhoto, finish_heatmap, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
-from .models import load_with_progress, model_card, model_picker
+from .models import ModelSource, load_with_progress, model_card, model_picker
 from .settings import PAGE_ONLY, Limits
 
 
@@ -22,6 +25,8 @@ class PhotoTab:
     picker: ModelChoice
     bars: gr.Label
     overlay: gr.Image
+    see: gr.Dropdown
+    """"Show where it sees…": any of the model's classes."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class _Parts:
     card: gr.Markdown
     caption: gr.Markdown
     opacity: gr.Slider
+    method: gr.Dropdown
+    """How the maps are made: the model's methods, its default first."""
     shown: gr.State
     """The session's `ShownPhoto`: the photo and its maps, so a click on a bar needs no forward pass."""
 
@@ -49,18 +56,77 @@ def photo_tab(answers: Answers, chosen: gr.State, examples: Sequence[str], limit
                 overlay = heatmap_image()
                 caption = gr.Markdown(elem_id="heatmap-caption")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
-    parts = _Parts(PhotoTab(photo, picker, bars, overlay), card, caption, opacity, gr.State())
+                default = answers.classifier(answers.models.default)
+                with gr.Row():
+                    see = gr.Dropdown(
+                        sorted(default.labels, key=str.casefold),
+                        value=None,
+                        label="Show where it sees…",
+                        info="Any of the model's classes: type to search",
+                        filterable=True,
+                    )
+                    method = method_picker(answers.models, answers.models.default)
+    parts = _Parts(PhotoTab(photo, picker, bars, overlay, see), card, caption, opacity, method, gr.State())
     _wire_photo(answers, chosen, parts)
     _wire_picker(answers, chosen, parts)
+    _wire_choices(answers, chosen, parts)
     return parts.tab
+
+
+def method_choices(classifier: Classifier, ms_per_photo: float | None) -> list[tuple[str, str]]:
+    """The model's heatmap methods as the page names them: the exact one says so, the slow ones how slow
+    they are on this machine (as measured, or estimated from the model's time per photo)."""
+    choices = []
+    for name in classifier.methods:
+        words = name
+        if name == "CAM":
+            words += " (exact, free)"
+        elif METHODS[name].slow:
+            seconds = classifier.method_seconds(name, ms_per_photo)
+            words += f" (slow: about {seconds:.0f} s a class here)" if seconds else " (slow)"
+        choices.append((words, name))
+    return choices
+
+
+def method_picker(models: ModelSource, name: str, **update) -> gr.Dropdown:
+    """The method choice for the model called `name`, set to its default (or as `update` says)."""
+    classifier, measured = models.get(name), models.measured(name)
+    choices = method_choices(classifier, measured.ms_per_photo if measured else None)
+    value = update.pop("value", classifier.methods[0] if classifier.methods else None)
+    return gr.Dropdown(
+        choices,
+        value=value,
+        label="Heatmap method",
+        interactive=bool(choices),
+        **update,
+    )
 
 
 def switch_heatmap(shown: ShownPhoto | None, opacity: float, selected: gr.SelectData):
     """A bar was clicked: that class's heatmap, from the maps kept for this photo."""
-    if shown is None or selected.value not in shown.maps:
+    if shown is None or shown.map_of(selected.value) is None:
         return gr.skip(), gr.skip(), gr.skip()
     picture, caption = heatmap_picture(shown, selected.value, opacity, None)
     return picture, caption, replace(shown, label=selected.value)
+
+
+def see_class(shown: ShownPhoto | None, label: str | None, opacity: float):
+    """A class was picked in "Show where it sees…": its heatmap and probability, from the kept feature map."""
+    if shown is None or label is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    chosen = replace(shown, label=label)
+    picture, caption = heatmap_picture(chosen, label, opacity, None)
+    return picture, caption, chosen
+
+
+def change_method(shown: ShownPhoto | None, method: str | None, opacity: float):
+    """Another method: the shown class's map by it, from the kept feature map (Score-CAM: the engine scores
+    the photo masked by each channel)."""
+    if shown is None or shown.heatmaps is None or method is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    chosen = replace(shown, method=None if method == shown.heatmaps.method else method)
+    picture, caption = heatmap_picture(chosen, chosen.label, opacity, None)
+    return picture, caption, chosen
 
 
 def change_opacity(shown: ShownPhoto | None, opacity: float):
@@ -73,15 +139,16 @@ def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
 
     def show_photo(image: str | None, name: str):
         """A photo landed (or was cleared): the bars and the session's state at once; the heatmap follows."""
+        method = method_picker(answers.models, name)  # each photo starts with the model's default method
         if image is None:
-            return None, no_heatmap(), "", None
+            return None, no_heatmap(), "", None, method
         with answers.metered("photo", name):
-            return answers.show(answers.classifier(name), image)
+            return *answers.show(answers.classifier(name), image), method
 
     landed = tab.photo.change(
         show_photo,
         [tab.photo, chosen],
-        [tab.bars, tab.overlay, parts.caption, shown],
+        [tab.bars, tab.overlay, parts.caption, shown, parts.method],
         concurrency_limit=answers.concurrency,  # the session's model may need loading again
         **PAGE_ONLY,
     )
@@ -106,13 +173,13 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         """Another model was picked: load it (download progress on the page), show its card, and classify
         the photo again. On failure the page puts the previous model back (`.failure` below)."""
         if name == current:  # put back after a failure, or picked again: nothing to do
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         with answers.metered("choose_model", name):
             classifier = load_with_progress(models, name, progress)
-            card = model_card(models, name)
+            card, method = model_card(models, name), method_picker(models, name)
             if image is None:
-                return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
-            return card, *answers.show(classifier, image), name
+                return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), method, name
+            return card, *answers.show(classifier, image), method, name
 
     # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
     # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
@@ -121,10 +188,25 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
     ).then(
         choose_model,
         [tab.picker, chosen, tab.photo],
-        [parts.card, tab.bars, tab.overlay, parts.caption, parts.shown, chosen],
+        [parts.card, tab.bars, tab.overlay, parts.caption, parts.shown, parts.method, chosen],
         show_progress_on=[tab.bars, tab.overlay],  # the card stays readable while a model loads
         concurrency_limit=answers.concurrency,
         **PAGE_ONLY,
     )
     switched.failure(lambda name: name, chosen, tab.picker, **PAGE_ONLY)  # a failed load: the previous stays
     switched.success(finish_heatmap, [parts.shown, parts.opacity], [tab.overlay, parts.caption], **PAGE_ONLY)
+
+
+def _wire_choices(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
+    """ "Show where it sees…" and the method: another map from the kept feature map, no forward pass; once a
+    slow method has run, its time as measured here in the method's name."""
+    tab, shown, opacity = parts.tab, parts.shown, parts.opacity
+    outputs = [tab.overlay, parts.caption, shown]
+    tab.see.change(see_class, [shown, tab.see, opacity], outputs, **PAGE_ONLY)
+    changed = parts.method.input(change_method, [shown, parts.method, opacity], outputs, **PAGE_ONLY)
+    changed.success(
+        lambda name, method: method_picker(answers.models, name, value=method),
+        [chosen, parts.method],
+        parts.method,
+        **PAGE_ONLY,
+    )
