@@ -1,7 +1,7 @@
 """Serve the app with the EfficientNet-Lite0 oracle model in its own process (for load tests, benchmarks and
 the soak).
 
-python tests/serve.py PORT [--upload-max-side N] [--delete-cache EVERY OLDER_THAN]
+python tests/serve.py PORT [--upload-max-side N] [--delete-cache EVERY OLDER_THAN] [--sessions IDLE CLOSED]
 """
 
 import argparse
@@ -11,6 +11,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import app  # noqa: E402
+from image_classifier.allocator import tune_malloc  # noqa: E402
+from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S  # noqa: E402
 from oracle import load_oracle  # noqa: E402
 
 if __name__ == "__main__":
@@ -25,9 +27,18 @@ if __name__ == "__main__":
         metavar=("EVERY", "OLDER_THAN"),
         help="how often uploads and results are deleted, and from what age, in seconds (default: the app's)",
     )
+    parser.add_argument(
+        "--sessions",
+        nargs=2,
+        type=float,
+        default=(SESSION_IDLE_S, SESSION_CLOSED_S),
+        metavar=("IDLE", "CLOSED"),
+        help="seconds unused before a session is forgotten, and one whose tab closed (default: the app's)",
+    )
     args = parser.parse_args()
+    tune_malloc()  # as app.py does, before the model loads
     demo = app.build_demo(
         load_oracle(), model_name="EfficientNet-Lite0", upload_max_side=args.upload_max_side
     )
-    options = app.launch_options(delete_cache=tuple(args.delete_cache))
+    options = app.launch_options(delete_cache=tuple(args.delete_cache), sessions=tuple(args.sessions))
     demo.launch(server_name="127.0.0.1", server_port=args.port, **options)

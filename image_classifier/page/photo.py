@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
+from image_classifier.sessions import SESSION_IDLE_S
+
 from .answers import Answers, ShownPhoto, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import load_with_progress, model_card, model_picker
@@ -49,7 +51,10 @@ def photo_tab(answers: Answers, chosen: gr.State, examples: Sequence[str], limit
                 overlay = heatmap_image()
                 caption = gr.Markdown(elem_id="heatmap-caption")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
-    parts = _Parts(PhotoTab(photo, picker, bars, overlay), card, caption, opacity, gr.State())
+    # The photo and its maps go an hour after they were last shown (image_classifier/sessions.py forgets the
+    # rest of a session once its visitor has gone).
+    shown = gr.State(time_to_live=SESSION_IDLE_S)
+    parts = _Parts(PhotoTab(photo, picker, bars, overlay), card, caption, opacity, shown)
     _wire_photo(answers, chosen, parts)
     _wire_picker(answers, chosen, parts)
     return parts.tab
