@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument("--visitors", type=int, default=1000)
     parser.add_argument("--at-once", type=int, default=8)
     parser.add_argument("--closed", type=int, default=20, help="seconds a closed tab's session is kept")
+    parser.add_argument(
+        "--keep", action="store_true", help="sessions never forgotten (as Gradio alone does), for comparison"
+    )
     parser.add_argument("--quick", action="store_true", help="40 visitors after 10")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where sessions.json goes")
     args = parser.parse_args()
@@ -120,7 +123,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sessions-") as folder:
         work = Path(folder)
         (work / "server").mkdir()
-        options = ("--delete-cache", "5", "20", "--sessions", "3600", str(args.closed))
+        kept = "1e9" if args.keep else str(args.closed)
+        options = ("--delete-cache", "5", "20", "--sessions", "1e9" if args.keep else "3600", kept)
         with serve_oracle(work / "server", *options) as served:
             print(
                 f"sessions: {warmup} visitors to warm up, then {count}, {args.at_once} at a time", flush=True
