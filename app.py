@@ -31,6 +31,7 @@ from classifier import (
     offered_models,
 )
 from image_classifier import batch
+from image_classifier.allocator import tune_malloc
 from image_classifier.metrics import PageMetrics, health_routes, loaded_models, model_set_readiness
 from image_classifier.page import build_demo, launch_options
 from image_classifier.page.settings import (
@@ -140,6 +141,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc()  # before any model loads: glibc ignores an arena cap set later
     log = logging.getLogger("image_classifier")  # the engine choice, cache repairs: one line each
     log.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler())

@@ -41,7 +41,7 @@ ONE_MODEL = """
 import json, os, statistics, sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
 from classifier import expected_memory_mb, load_classifier, time_one_photo
-from image_classifier.model_set import release_memory
+from image_classifier.allocator import release_memory
 from servers import rss_mb
 
 primer = load_classifier({primer!r}, device="cpu")

@@ -1,13 +1,15 @@
 """A soak through the real server: thousands of mixed requests from concurrent clients, and the server
 watched throughout.
 
-    python bench/soak.py                  # 3,000 requests from 8 clients (about 10 minutes here)
+    python bench/soak.py                  # 10,000 requests from 8 clients after 1,000 (about an hour here)
+    python bench/soak.py --requests 3000 --warmup 500    # a shorter run
     python bench/soak.py --quick          # a small run to check the script works
 
-The server is tests/serve.py (the app with the EfficientNet-Lite0 oracle, so answers can be checked) in its
-own process on 127.0.0.1. The mix (tests/soak.py's `request_mix`): good photos of three sizes and the hostile
-corpus to /predict, heatmaps from /explain, and each model of /classify where the server has it; endpoints
-it lacks are skipped. Every answer is checked against the oracle run in this process.
+The server is tests/serve.py (the app with the EfficientNet-Lite0 oracle, so answers can be checked, and
+a second model, random-weights ResNet-18 by default) in its own process on 127.0.0.1. The mix
+(tests/soak.py's `request_mix`): good photos of three sizes and the hostile corpus to /predict, heatmaps
+from /explain, each model of /classify, and /compare of the two. Every answer is checked against the
+oracle run in this process (the random model's: five classes, well formed).
 
 Prints: failures and wrong answers, latency, the server's RSS growth after the warm-up, its open file
 descriptors and threads, and Gradio's upload cache over the run. The cache is cleaned with a short
@@ -33,9 +35,10 @@ from soak import soak, targets  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=500, help="requests before measuring (default 500)")
+    parser.add_argument("--warmup", type=int, default=1000, help="requests before measuring (default 1000)")
+    parser.add_argument("--also", default="resnet18", help="the second model (torchvision's, random weights)")
     parser.add_argument(
         "--delete-cache", nargs=2, type=int, default=(5, 20), metavar=("EVERY", "OLDER_THAN"), help="seconds"
     )
@@ -52,7 +55,8 @@ def main() -> int:
         (work / "scratch").mkdir()
         (work / "server").mkdir()
         print(f"soak: {requests} requests from {clients} clients after {warmup} to warm up", flush=True)
-        with serve_oracle(work / "server", "--delete-cache", *map(str, delete_cache)) as served:
+        options = ("--delete-cache", *map(str, delete_cache), "--also", args.also)
+        with serve_oracle(work / "server", *options) as served:
             report = soak(
                 served,
                 oracle,
@@ -83,8 +87,10 @@ def print_report(report: dict) -> None:
         f"verdicts:      {report['verdicts']} (warm-up: {report['warmup_verdicts']})\n"
         f"latency:       p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s, max {latency['max']:.2f} s\n"
         f"RSS:           {warm['rss_mb']:.0f} MB after warm-up -> {end['rss_mb']:.0f} MB at the end "
-        f"({report['rss_growth_percent']:+.1f} %), peak {report['rss_peak_mb']:.0f} MB, at each quarter "
-        f"{report['rss_mb_by_quarter']} MB\n"
+        f"({report['rss_growth_percent']:+.1f} %; first half "
+        f"{report['rss_growth_first_half_percent']:+.1f} %, last half "
+        f"{report['rss_growth_last_half_percent']:+.1f} %), peak {report['rss_peak_mb']:.0f} MB\n"
+        f"RSS at each tenth (under load): {report['rss_mb_by_tenth']} MB\n"
         f"open files:    {warm['open_fds']} -> {end['open_fds']} (during: {report['open_fds_during']})\n"
         f"threads:       {warm['threads']} -> {end['threads']} (during: {report['threads_during']})\n"
         f"upload cache:  delete_cache={tuple(cache['delete_cache'])}, "

@@ -10,9 +10,6 @@ model from under a running request; the memory comes back when the last such req
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import logging
 import statistics
 import threading
@@ -22,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from image_classifier.allocator import release_memory
 from image_classifier.catalogue import ModelLoadError
 
 M = TypeVar("M")
@@ -191,45 +189,3 @@ class ModelSet(Generic[M]):
             logger.warning("Could not time %s on the timing photo (%s): its card shows no time.", name, e)
             return None
         return statistics.median(times)
-
-
-def release_memory() -> None:
-    """Give freed memory back to the operating system.
-
-    Dropping the last reference to a model frees its tensors, but glibc's allocator keeps large freed
-    blocks inside the process for reuse, so the resident size would not come down; `malloc_trim` returns
-    them. (A no-op where the C library has no `malloc_trim`.)
-    """
-    gc.collect()  # a model's hooks can form reference cycles
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    return _libc_function("malloc_trim")
-
-
-M_ARENA_MAX = -8
-"""glibc's `mallopt` parameter for the most malloc arenas a process creates."""
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap the malloc arenas of this process (glibc; a no-op elsewhere).
-
-    A server answers in many worker threads, and glibc gives threads that contend for malloc arenas of their
-    own, up to 8 per core, each keeping the memory freed in it: through the soak (bench/soak.py) the
-    server's resident memory grew by 7 % to 13 % after its warm-up, arena after arena. Capped at 2 it
-    started 90 MB lower and grew by 1.5 %.
-    """
-    mallopt = _libc_function("mallopt")
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, arenas)
-
-
-def _libc_function(function: str) -> Callable[..., int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), function) if name else None
-    except (OSError, AttributeError):
-        return None

@@ -1,17 +1,25 @@
 """Serve the app with the EfficientNet-Lite0 oracle model in its own process (for load tests, benchmarks and
 the soak).
 
-python tests/serve.py PORT [--upload-max-side N] [--delete-cache EVERY OLDER_THAN]
+python tests/serve.py PORT [--upload-max-side N] [--delete-cache EVERY OLDER_THAN] [--sessions IDLE CLOSED]
+    [--also MODEL]
 """
 
 import argparse
+import os
 import sys
+import tempfile
+from functools import partial
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import app  # noqa: E402
+from classifier import ModelSet, load_classifier, time_one_photo  # noqa: E402
+from image_classifier.allocator import tune_malloc  # noqa: E402
+from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S  # noqa: E402
 from oracle import load_oracle  # noqa: E402
+from torch_home import write_random_weights  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -25,9 +33,31 @@ if __name__ == "__main__":
         metavar=("EVERY", "OLDER_THAN"),
         help="how often uploads and results are deleted, and from what age, in seconds (default: the app's)",
     )
-    args = parser.parse_args()
-    demo = app.build_demo(
-        load_oracle(), model_name="EfficientNet-Lite0", upload_max_side=args.upload_max_side
+    parser.add_argument(
+        "--sessions",
+        nargs=2,
+        type=float,
+        default=(SESSION_IDLE_S, SESSION_CLOSED_S),
+        metavar=("IDLE", "CLOSED"),
+        help="seconds unused before a session is forgotten, and one whose tab closed (default: the app's)",
     )
-    options = app.launch_options(delete_cache=tuple(args.delete_cache))
+    parser.add_argument(
+        "--also",
+        metavar="MODEL",
+        help="a second model on offer for /classify and /compare: torchvision's, with random weights",
+    )
+    args = parser.parse_args()
+    tune_malloc()  # as app.py does, before the model loads
+    oracle = load_oracle()
+    served = oracle
+    if args.also:
+        os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="serve-torch-home-")
+        write_random_weights(Path(os.environ["TORCH_HOME"]), [args.also])
+        loaders = {
+            "EfficientNet-Lite0": lambda: oracle,
+            args.also: partial(load_classifier, args.also, device="cpu"),
+        }
+        served = ModelSet(loaders, memory_mb_of=lambda model: model.memory_mb, timed=time_one_photo)
+    demo = app.build_demo(served, model_name="EfficientNet-Lite0", upload_max_side=args.upload_max_side)
+    options = app.launch_options(delete_cache=tuple(args.delete_cache), sessions=tuple(args.sessions))
     demo.launch(server_name="127.0.0.1", server_port=args.port, **options)

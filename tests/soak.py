@@ -167,7 +167,7 @@ def request_mix(photos: Sequence[Photo], endpoints: dict[str, dict], served_mode
         for p in photos
         if "-" not in p.name  # as they are: the heatmap is the slow part, the size matters less
     ]
-    for model in _choices(endpoints.get("/classify"), "model"):
+    for model in _choices(endpoints.get("/classify"), 1):
         for p in photos:
             if "-" in p.name:
                 continue
@@ -180,7 +180,31 @@ def request_mix(photos: Sequence[Photo], endpoints: dict[str, dict], served_mode
                     check,
                 )
             )
+    models = _choices(endpoints.get("/compare"), 2)
+    for other in (m for m in models if m != served_model):
+        for p in photos:
+            if "-" in p.name:
+                continue
+            mix.append(
+                Request(
+                    f"compare {served_model} {other} {p.name}",
+                    "/compare",
+                    _with_argument(_with_argument(_file(p.name, p.data, True), served_model), other),
+                    _checks_both(_checks_photo(p)),
+                )
+            )
     return [request for request in mix if request.endpoint in endpoints]
+
+
+def _checks_both(first: Callable[[dict], None]) -> Callable[[tuple], None]:
+    """/compare's answer: the served model's bars checked by `first`, the other model's top 5 well formed."""
+
+    def check(result: tuple) -> None:
+        label_a, label_b = result
+        first(label_a)
+        _check_top5(label_b)
+
+    return check
 
 
 def _no_answer(result: Any) -> None:
@@ -199,18 +223,18 @@ def _with_argument(arguments: Callable[[int, Path], list], value: Any) -> Callab
     return lambda number, scratch: [*arguments(number, scratch), value]
 
 
-def _choices(endpoint: dict | None, parameter: str) -> list[str]:
-    """The values a parameter of an endpoint takes, from the API info (a dropdown's choices)."""
-    if endpoint is None:
+def _choices(endpoint: dict | None, position: int) -> list[str]:
+    """The values the parameter at `position` of an endpoint takes, from the API info (a dropdown's choices;
+    its default where it has no list)."""
+    parameters = (endpoint or {}).get("parameters", [])
+    if len(parameters) <= position:
         return []
-    for info in endpoint.get("parameters", []):
-        if info.get("parameter_name") == parameter:
-            choices = (info.get("type") or {}).get("enum")
-            if choices:
-                return list(choices)
-            default = info.get("parameter_default")
-            return [default] if default is not None else []
-    return []
+    info = parameters[position]
+    choices = (info.get("type") or {}).get("enum")
+    if choices:
+        return list(choices)
+    default = info.get("parameter_default")
+    return [default] if default is not None else []
 
 
 def endpoints_of(url: str) -> dict[str, dict]:
@@ -340,6 +364,11 @@ def settled_figures(pid: int, probe: Callable[[], Any] | None = None, quiet_s: f
     return figures
 
 
+def _at_completed(samples: list[dict], completed: float) -> dict:
+    """The first sample taken once `completed` requests had been answered (the last one if none was)."""
+    return next((s for s in samples if s["completed"] >= completed), samples[-1])
+
+
 def soak(
     served: ServedApp,
     oracle,
@@ -366,7 +395,12 @@ def soak(
     monitor = Monitor(served, kept)
     monitor.start()
     started = time.monotonic()
-    outcomes = run(served.url, order, clients, scratch, done=monitor.count)
+    # Two halves, the server's memory read between them once its clients have gone quiet: samples taken
+    # under load swing with the buffers of the requests in flight (each decode buffer is mapped on its own).
+    half = len(order) // 2
+    outcomes = run(served.url, order[:half], clients, scratch, done=monitor.count)
+    middle = settled_figures(served.pid, quiet_s=3)
+    outcomes += run(served.url, order[half:], clients, scratch, done=monitor.count)
     elapsed = time.monotonic() - started
     samples = monitor.stop()
     end = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))
@@ -379,7 +413,8 @@ def soak(
     # Before the first file can be old enough to go, the cache grows by what each request leaves.
     before_cleanup = [s for s in samples if s["time"] - started < older_than]
     first_window = before_cleanup[-1] if before_cleanup else samples[0]
-    quarters = [samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] for q in (0.25, 0.5, 0.75, 1)]
+    quarters = [_at_completed(samples, q * len(outcomes)) for q in (0.25, 0.5, 0.75, 1)]
+    tenths = [_at_completed(samples, t * len(outcomes) / 10) for t in range(1, 11)]
     return {
         "requests": len(outcomes),
         "clients": clients,
@@ -405,7 +440,11 @@ def soak(
         },
         "warm": warm,
         "end": end,
+        "middle": middle,
         "rss_growth_percent": round(100 * (end["rss_mb"] / warm["rss_mb"] - 1), 2),
+        "rss_growth_first_half_percent": round(100 * (middle["rss_mb"] / warm["rss_mb"] - 1), 2),
+        "rss_growth_last_half_percent": round(100 * (end["rss_mb"] / middle["rss_mb"] - 1), 2),
+        "rss_mb_by_tenth": [round(t["rss_mb"]) for t in tenths],
         "rss_peak_mb": max(s["rss_mb"] for s in samples),
         "rss_mb_by_quarter": [round(q["rss_mb"]) for q in quarters],
         "open_fds_during": [min(s["open_fds"] for s in samples), max(s["open_fds"] for s in samples)],
@@ -429,8 +468,10 @@ def soak(
     }
 
 
-RSS_GROWTH_PERCENT = 5
+RSS_GROWTH_PERCENT = 3
 """Most the server's resident memory may grow from the end of the warm-up to the end of the soak."""
+RSS_LAST_HALF_PERCENT = 1
+"""Most it may grow over the last half of the soak: memory that levels off, not a slope."""
 FLAT = 2
 """Most open file descriptors or threads the server may gain, warm-up to end (both settled, no client)."""
 
@@ -445,6 +486,9 @@ def targets(report: dict) -> dict[str, bool]:
         "every answer right": all(v.get("wrong answer", 0) == 0 for v in both_phases),
         f"RSS grows at most {RSS_GROWTH_PERCENT} % after the warm-up": (
             report["rss_growth_percent"] <= RSS_GROWTH_PERCENT
+        ),
+        f"RSS grows at most {RSS_LAST_HALF_PERCENT} % over the last half": (
+            report["rss_growth_last_half_percent"] <= RSS_LAST_HALF_PERCENT
         ),
         "open file descriptors flat": report["end"]["open_fds"] <= report["warm"]["open_fds"] + FLAT,
         "threads flat": report["end"]["threads"] <= report["warm"]["threads"] + FLAT,

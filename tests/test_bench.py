@@ -115,6 +115,13 @@ def test_models_benchmark_runs(tmp_path):
     assert results["first_load_cost"]["during_load"]["requests"] >= 1
 
 
+def test_sessions_benchmark_runs(tmp_path):
+    run("sessions.py", tmp_path)
+    report = json.loads((tmp_path / "sessions.json").read_text())
+    assert report["visitors"] == 40 and report["ok"] == 40, report["problems"]
+    assert report["rss_mb_peak"] >= report["rss_mb_before"] > 0
+
+
 def test_soak_benchmark_runs(tmp_path):
     run("soak.py", tmp_path)
     report = json.loads((tmp_path / "soak.json").read_text())

@@ -10,9 +10,9 @@ from dataclasses import replace
 import gradio as gr
 
 from classifier import Classifier
+from image_classifier.allocator import tune_malloc
 from image_classifier.batch import DEFAULT_MAX_BATCH_FILES
 from image_classifier.metrics import PageMetrics
-from image_classifier.model_set import limit_malloc_arenas
 
 from .answers import Answers
 from .api import api_endpoints
@@ -66,7 +66,7 @@ def build_demo(
     models on Serve replicas take more, so that batches form). `max_pixels` is the default model's limit,
     for the browser's shrinking (default: asked of the model, which remote models answer only once loaded).
     """
-    limit_malloc_arenas()  # before the server's worker threads: its memory stays flat under load
+    tune_malloc()  # where the caller has not (image_classifier/allocator.py): flat memory under load
     models = as_model_set(classifier, model_name)
     models.load_default()
     limits = Limits(top_k, max_batch_files, upload_max_side, live_time_limit, max_streams)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import gradio as gr
 
 from classifier import METHODS, Classifier
+from image_classifier.sessions import SESSION_IDLE_S
 
 from .answers import Answers, ShownPhoto, finish_heatmap, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
@@ -66,7 +67,10 @@ def photo_tab(answers: Answers, chosen: gr.State, examples: Sequence[str], limit
                         filterable=True,
                     )
                     method = method_picker(answers.models, answers.models.default)
-    parts = _Parts(PhotoTab(photo, picker, bars, overlay, see), card, caption, opacity, method, gr.State())
+    # The photo and its maps go an hour after they were last shown (image_classifier/sessions.py forgets the
+    # rest of a session once its visitor has gone).
+    shown = gr.State(time_to_live=SESSION_IDLE_S)
+    parts = _Parts(PhotoTab(photo, picker, bars, overlay, see), card, caption, opacity, method, shown)
     _wire_photo(answers, chosen, parts)
     _wire_picker(answers, chosen, parts)
     _wire_choices(answers, chosen, parts)

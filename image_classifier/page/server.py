@@ -1,5 +1,6 @@
 """The server around the page: its look (an accessible theme), the upload limit, and its lifespan (the
-cache of uploads and results cleaned on a schedule, and emptied when the server stops)."""
+cache of uploads and results cleaned on a schedule, and emptied when the server stops; visitors' sessions
+forgotten once they have gone)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import gradio as gr
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from .settings import DELETE_CACHE, MAX_FILE_SIZE
+from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S, forgetting_sessions
+
+from .settings import DELETE_CACHE, MAX_FILE_SIZE, MAX_SESSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +35,51 @@ def launch_options(
     max_file_size: str = MAX_FILE_SIZE,
     delete_cache: tuple[float, float] = DELETE_CACHE,
     routes: Sequence[BaseRoute] = (),
+    sessions: tuple[float, float] = (SESSION_IDLE_S, SESSION_CLOSED_S),
 ) -> dict:
     """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
-    limit, no run history, and the cleanup of uploads and results: every `delete_cache[0]` seconds, those
-    older than `delete_cache[1]`; `routes` go on the server beside the page's (/healthz, /readyz, /metrics).
+    limit, no run history, the cleanup of uploads and results (every `delete_cache[0]` seconds, those older
+    than `delete_cache[1]`), how long sessions are remembered (`sessions`: the seconds unused after which any
+    session is forgotten, and one whose tab was closed; image_classifier/sessions.py), and `routes` on the
+    server beside the page's (/healthz, /readyz, /metrics).
 
     Gradio 6.24+ records calls (their photos and answers) in the browser for a "runs" page unless told not
     to; this page keeps nothing, there either (`run_history=False` also deletes what an earlier version
     recorded)."""
+    idle_s, closed_s = sessions
     return {
         "theme": THEME,
         "css": CSS,
         "max_file_size": max_file_size,
         "run_history": False,
-        "app_kwargs": {"lifespan": clean_cache(*delete_cache), "routes": list(routes)},
+        "state_session_capacity": MAX_SESSIONS,
+        "app_kwargs": {
+            "lifespan": both(
+                clean_cache(*delete_cache),
+                forgetting_sessions(every=min(10.0, closed_s / 4), idle_s=idle_s, closed_s=closed_s),
+            ),
+            "routes": list(routes),
+        },
     }
+
+
+def both(first, second):
+    """One server lifespan out of two: `first` starts first and ends last."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server):
+        async with first(server), second(server):
+            yield
+
+    return lifespan
 
 
 def mounted(demo: gr.Blocks, routes: Sequence[BaseRoute], max_file_size: str = MAX_FILE_SIZE) -> FastAPI:
     """The page mounted at / on a FastAPI app of its own with `routes` beside it, as an ASGI server (Ray
     Serve's ingress) runs it: the same options as `launch()` gets."""
-    return gr.mount_gradio_app(FastAPI(routes=list(routes)), demo, "/", **launch_options(max_file_size))
+    options = launch_options(max_file_size)
+    demo.state_session_capacity = options.pop("state_session_capacity")  # not an option of mount_gradio_app
+    return gr.mount_gradio_app(FastAPI(routes=list(routes)), demo, "/", **options)
 
 
 def clean_cache(every: float, older_than: float):

@@ -23,6 +23,10 @@ MODEL_CONCURRENCY = 2
 converting) while the other answers with a model already loaded."""
 DELETE_CACHE = (3600, 3600)
 """Every hour, the uploads and results older than an hour are deleted (`server.clean_cache`)."""
+MAX_SESSIONS = 2000
+"""Most sessions Gradio remembers at once, the least recently used forgotten first (Gradio's default: 10,000).
+Each takes about 125 KB of copied page configuration and its photo (80 KB): a bound of 400 MB for bursts
+of visitors or API clients faster than `image_classifier.sessions` forgets them."""
 DISPLAY_SIDE = 768
 """Longest side of the heatmap picture: sharp on a phone or a laptop, light to send."""
 UPLOAD_MAX_SIDE = 1024

@@ -1,0 +1,69 @@
+"""glibc's malloc as the server sets it up (image_classifier/allocator.py), each case in a fresh process: the
+settings only count from the start of a process."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+
+PROBE = """
+import ctypes, sys, threading, tempfile, xml.etree.ElementTree as ET
+sys.path.insert(0, {root!r})
+from image_classifier.allocator import tune_malloc
+
+class Info(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+def arenas():
+    path = tempfile.mktemp()
+    stream = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    return len(ET.parse(path).getroot().findall("heap"))
+
+if {tune}:
+    assert tune_malloc()
+# A decode buffer of a 2400-pixel photo, freed; then the next photo's.
+first = bytearray(17 << 20)
+del first
+second = bytearray(16 << 20)
+mapped = libc.mallinfo2().hblkhd >= 16 << 20
+del second
+# Sixteen threads that allocate at the same time.
+start = threading.Barrier(16)
+def work():
+    start.wait()
+    for _ in range(2000):
+        [bytearray(100) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(mapped, arenas())
+"""
+
+
+def probe(tune: bool) -> tuple[bool, int]:
+    script = textwrap.dedent(PROBE).format(root=str(ROOT), tune=tune)
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    mapped, arenas = output.split()
+    return mapped == "True", int(arenas)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_large_buffers_stay_mapped_and_threads_share_two_arenas():
+    assert probe(tune=True) == (True, 2)
+    # glibc's own behaviour, which the settings change: the second buffer comes from the heap, and the threads
+    # get arenas of their own.
+    mapped, arenas = probe(tune=False)
+    assert not mapped and arenas > 2

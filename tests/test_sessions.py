@@ -1,0 +1,90 @@
+"""Visitors' sessions are forgotten once they have gone: their state values through their delete callbacks,
+and Gradio's per-session copy of the page with them."""
+
+import datetime
+import threading
+import time
+
+import gradio as gr
+from gradio.state_holder import StateHolder
+
+from image_classifier.sessions import busy_sessions, forget_sessions
+from queue_protocol import QueueSession
+from servers import free_port
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0)
+
+
+def holder_with_sessions(deleted: list) -> tuple[StateHolder, gr.State]:
+    with gr.Blocks() as demo:
+        photo = gr.State(time_to_live=600, delete_callback=deleted.append)
+        gr.State("a model")  # only ever read: Gradio itself never deletes it
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    return holder, photo
+
+
+def used(
+    holder: StateHolder, session: str, minutes_ago: float, photo: gr.State, closed: bool = False
+) -> None:
+    holder[session][photo._id] = f"photo of {session}"
+    holder.time_last_used[session] = NOW - datetime.timedelta(minutes=minutes_ago)
+    holder.session_data[session].is_closed = closed
+
+
+def test_closed_tabs_go_after_a_short_while_open_ones_after_long_idleness():
+    deleted = []
+    holder, photo = holder_with_sessions(deleted)
+    used(holder, "open-recent", 5, photo)
+    used(holder, "open-idle", 61, photo)
+    used(holder, "closed-recent", 1, photo, closed=True)
+    used(holder, "closed-a-while", 3, photo, closed=True)
+    used(holder, "closed-but-busy", 30, photo, closed=True)
+
+    forgotten = forget_sessions(holder, idle_s=3600, closed_s=120, busy={"closed-but-busy"}, now=NOW)
+
+    assert forgotten == 2
+    assert set(holder.session_data) == {"open-recent", "closed-recent", "closed-but-busy"}
+    assert set(holder.time_last_used) == set(holder.session_data)
+    assert sorted(deleted) == ["photo of closed-a-while", "photo of open-idle"]
+
+
+def test_a_session_comes_back_fresh_after_it_was_forgotten():
+    deleted = []
+    holder, photo = holder_with_sessions(deleted)
+    used(holder, "visitor", 90, photo)
+    assert forget_sessions(holder, idle_s=3600, closed_s=120, now=NOW) == 1
+    assert holder["visitor"][photo._id] is None  # the default again, no error
+    assert forget_sessions(holder, idle_s=3600, closed_s=120) == 0  # just used
+
+
+def test_busy_sessions_are_those_with_an_event_running_or_waiting():
+    release = threading.Event()
+
+    def slow(value):
+        release.wait(30)
+        return value
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        gr.Button().click(slow, box, box, api_name="slow", concurrency_limit=1)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    sessions = [QueueSession(f"http://127.0.0.1:{port}/") for _ in range(2)]
+    try:
+        for session in sessions:
+            assert session.join("/slow", ["hello"])[0] == 200
+            session.listen()
+        sessions[0].wait_for("process_starts")
+        assert busy_sessions(demo) == {s.session_hash for s in sessions}  # one running, one waiting
+        release.set()
+        for session in sessions:
+            assert session.result()["success"]
+        deadline = time.monotonic() + 20
+        while busy_sessions(demo) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert busy_sessions(demo) == set()
+    finally:
+        release.set()
+        demo.close()
