@@ -1,11 +1,17 @@
 """The Gradio app for real: a live server on 127.0.0.1, called the way API users call it."""
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
+import gradio as gr
+import gradio.networking
 import pytest
-from gradio_client import handle_file
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
@@ -312,3 +318,91 @@ def test_the_page_keeps_no_run_history(server):
     config = httpx.get(f"{server}config", timeout=30).json()
     assert config["run_history"] is False and "runs" not in config["footer_links"]
     assert httpx.get(f"{server}gradio_api/runs", timeout=30).status_code == 404
+
+
+# --- the command line's limits, each followed to where it acts ---------------------------------------
+
+
+def upload(url: str, data: bytes) -> int:
+    """POST `data` as a file to Gradio's upload route; its HTTP status."""
+    boundary = "----limits-test-boundary"
+    payload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="photo.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url + "gradio_api/upload",
+        data=payload,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@contextlib.contextmanager
+def launched(monkeypatch, *options: str):
+    """`app.main([...options])` in this process, on 127.0.0.1 at a free port, returning once it serves:
+    yields the launched page. No share link can be made here (no internet): Gradio's tunnel is replaced by
+    one that records being asked."""
+    pages, tunnels = [], []
+    launch = gr.Blocks.launch
+
+    def launch_here(self, **kwargs):
+        pages.append(self)
+        return launch(self, **kwargs, prevent_thread_lock=True, quiet=True)
+
+    def tunnel(**kwargs):
+        tunnels.append(kwargs)
+        return "https://limits-test.gradio.live"
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch_here)
+    monkeypatch.setattr(gradio.networking, "setup_tunnel", tunnel)
+    log = logging.getLogger("image_classifier")
+    monkeypatch.setattr(log, "handlers", list(log.handlers))  # main() adds its own: gone after the test
+    monkeypatch.setattr(log, "level", log.level)
+    port = free_port()
+    models = ["--models", "resnet18", "--model", "resnet18", "--engine", "torch-fp32"]  # no conversion
+    assert app.main(["--host", "127.0.0.1", "--port", str(port), *models, *options]) == 0
+    (page,) = pages
+    page.tunnels = tunnels
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def test_each_limit_on_the_command_line_reaches_where_it_acts(torch_home, monkeypatch):
+    options = ["--max-file-size", "50kb", "--max-megapixels", "0.1", "--queue-size", "7"]
+    with launched(monkeypatch, *options, "--max-batch-files", "2", "--share") as page:
+        url = page.local_url
+        # --max-file-size: Gradio's upload route refuses more, before anything is decoded
+        assert upload(url, (EXAMPLES / "coffee.jpg").read_bytes()) == 413  # 71 KB
+        assert upload(url, (EXAMPLES / "cat.jpg").read_bytes()) == 200  # 34 KB
+        # --max-megapixels: the classifier refuses a larger photo, in words (cat.jpg is 451×300)
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="The image is 451×300 pixels; the limit is 0.1 megapixels"):
+            client.predict(handle_file(str(EXAMPLES / "cat.jpg")), api_name="/predict")
+        # --queue-size: the size Gradio's queue turns requests away at
+        assert page._queue.max_size == 7
+        # --max-batch-files: the Many photos tab's handler refuses a third photo, in words
+        (many,) = [fn for fn in page.fns.values() if fn.name == "classify_many"]
+        with pytest.raises(gr.Error, match="at most 2 photos"):
+            many.fn([str(EXAMPLES / name) for name in ("cat.jpg", "coffee.jpg", "rocket.jpg")], "resnet18")
+        # --share: Gradio opened its tunnel to this server, and has the public link
+        assert [tunnel["local_port"] for tunnel in page.tunnels] == [page.server_port]
+        assert page.share_url == "https://limits-test.gradio.live"
+
+
+def test_without_options_the_defaults_act_and_no_link_is_shared(torch_home, monkeypatch):
+    monkeypatch.delenv("GRADIO_SHARE", raising=False)
+    with launched(monkeypatch) as page:
+        assert upload(page.local_url, (EXAMPLES / "coffee.jpg").read_bytes()) == 200
+        assert page._queue.max_size == 32 and page.tunnels == [] and page.share_url is None

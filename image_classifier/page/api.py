@@ -104,9 +104,16 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         and, once it has loaded, the milliseconds per photo it takes on this server."""
         return model_figures(answers)
 
-    gr.Button(visible=False).click(predict, photo.photo, photo.bars, api_name="predict")
+    # As many photos at once as the page's own events (README: "up to two photos are classified at once").
     gr.Button(visible=False).click(
-        explain, [photo.photo, photo.see], [photo.bars, photo.overlay], api_name="explain"
+        predict, photo.photo, photo.bars, api_name="predict", concurrency_limit=answers.concurrency
+    )
+    gr.Button(visible=False).click(
+        explain,
+        [photo.photo, photo.see],
+        [photo.bars, photo.overlay],
+        api_name="explain",
+        concurrency_limit=answers.concurrency,
     )
     classify_inputs = [photo.photo, photo.picker]
     gr.Button(visible=False).click(
