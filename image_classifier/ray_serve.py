@@ -73,13 +73,19 @@ class ModelInfo:
     no_heatmaps_reason: str | None
     memory_mb: float
     ms_per_photo: float | None
+    methods: tuple[str, ...]
+    """The heatmap methods, the default first (`Classifier.methods`)."""
+    method_seconds: dict[str, float | None]
+    """About how long each method takes for one class on a replica, where known."""
 
 
 @dataclass(frozen=True)
 class RemoteAnalysis:
-    """`Classifier.analyse`'s answer without the photo: top classes, and the maps of those classes."""
+    """`Classifier.analyse`'s answer without the photo: top classes, every class's probability, and the
+    maps of the top classes by the default method."""
 
     predictions: dict[str, float]
+    probabilities: np.ndarray
     maps: dict[str, np.ndarray] | None
     method: str
 
@@ -96,6 +102,8 @@ def describe(name: str, loaded: LoadedModel[Classifier]) -> ModelInfo:
         model.no_heatmaps_reason,
         loaded.memory_mb,
         loaded.ms_per_photo,
+        model.methods,
+        {method: model.method_seconds(method, loaded.ms_per_photo) for method in model.methods},
     )
 
 
@@ -190,23 +198,37 @@ class ModelReplica:
 
     def _analyse(self, name: str, image: bytes, top_k: int) -> RemoteAnalysis:
         analysis = self.models.get(name).analyse(image, top_k=top_k, threads=self.threads)
+        probabilities = np.fromiter(analysis.probabilities.values(), np.float32, len(analysis.probabilities))
         if analysis.heatmaps is None:
-            return RemoteAnalysis(analysis.predictions, None, "")
+            return RemoteAnalysis(analysis.predictions, probabilities, None, "")
         maps = analysis.heatmaps.cams(list(analysis.predictions))
-        return RemoteAnalysis(analysis.predictions, maps, analysis.heatmaps.method)
+        return RemoteAnalysis(analysis.predictions, probabilities, maps, analysis.heatmaps.method)
+
+    async def maps(self, name: str, image: bytes, method: str, labels: list[str]) -> dict[str, np.ndarray]:
+        """The maps of any of the model's classes by any of its methods (the photo analysed again here)."""
+        async with self._one_at_a_time:
+            return await asyncio.to_thread(self._maps, name, image, method, labels)
+
+    def _maps(self, name: str, image: bytes, method: str, labels: list[str]) -> dict[str, np.ndarray]:
+        analysis = self.models.get(name).analyse(image, top_k=1, threads=self.threads)
+        return analysis.heatmaps.cams(labels, method)
 
 
-class KnownMaps:
-    """A `Heatmaps` source holding the maps a replica made: the top classes'."""
+class RemoteMaps:
+    """A `Heatmaps` source for a photo analysed on a replica: the top classes' maps by the default method
+    as the analysis brought them, any other class or method asked of a replica (which analyses the photo
+    again: it keeps no photos). Holds the photo's bytes for that, as long as the page keeps the maps."""
 
-    def __init__(self, maps: dict[str, np.ndarray], label_index: dict[str, int]) -> None:
-        self.by_index = {label_index[label]: cam for label, cam in maps.items()}
+    def __init__(self, classifier: RemoteClassifier, photo: bytes, analysis: RemoteAnalysis) -> None:
+        self.classifier, self.photo, self.method = classifier, photo, analysis.method
+        self.known = {classifier.label_index[label]: cam for label, cam in (analysis.maps or {}).items()}
 
     def __call__(self, method: str, indices: list[int]) -> np.ndarray:
-        missing = [i for i in indices if i not in self.by_index]
-        if missing:
-            raise ValueError("Only the top classes' heatmaps come back from the model replicas.")
-        return np.stack([self.by_index[i] for i in indices])
+        if method == self.method and all(i in self.known for i in indices):
+            return np.stack([self.known[i] for i in indices])
+        labels = [self.classifier.labels[i] for i in indices]
+        maps = self.classifier.replicas.call("maps", self.classifier.name, self.photo, method, labels)
+        return np.stack([maps[label] for label in labels])
 
 
 class Replicas:
@@ -255,6 +277,9 @@ class RemoteClassifier:
     seen_region = Classifier.seen_region
     _check_top_k = Classifier._check_top_k
 
+    device_decode_min_pixels = None
+    """Photos are decoded on this process's CPU (`Classifier.preprocess`); only tensors travel."""
+
     def __init__(self, info: ModelInfo, replicas: Replicas) -> None:
         self.name, self.labels = info.name, info.labels
         self.transform, self._decode_side, self.max_pixels = info.transform, info.decode_side, info.max_pixels
@@ -262,8 +287,13 @@ class RemoteClassifier:
         self.engine = info.engine_choice.engine
         self.no_heatmaps_reason = info.no_heatmaps_reason
         self.memory_mb = info.memory_mb
+        self.methods, self._method_seconds = info.methods, info.method_seconds
         self.label_index = {label: i for i, label in enumerate(self.labels)}
         self.replicas = replicas
+
+    def method_seconds(self, method: str, ms_per_photo: float | None = None) -> float | None:
+        """`Classifier.method_seconds`, as the replica reckoned it when it described the model."""
+        return self._method_seconds.get(method)
 
     def forward(self, batch: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
         return self.replicas.call("forward", self.name, batch.contiguous())
@@ -272,15 +302,17 @@ class RemoteClassifier:
         """`Classifier.analyse`: the photo decoded here (the page shows it), analysed on a replica."""
         self._check_top_k(top_k)
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
-        answer = self.replicas.call("analyse", self.name, photo_bytes(image), top_k)
+        photo = photo_bytes(image)
+        answer = self.replicas.call("analyse", self.name, photo, top_k)
+        probabilities = dict(zip(self.labels, answer.probabilities.tolist(), strict=True))
         if answer.maps is None:
-            return Analysis(answer.predictions, rgb, None)
-        maps_of = KnownMaps(answer.maps, self.label_index)
+            return Analysis(answer.predictions, rgb, None, probabilities)
         region = self.seen_region(rgb.size)
+        maps_of = RemoteMaps(self, photo, answer)
         heatmaps = Heatmaps(
-            maps_of, self.label_index, region, full_size, method=answer.method, methods=(answer.method,)
+            maps_of, self.label_index, region, full_size, method=answer.method, methods=self.methods
         )
-        return Analysis(answer.predictions, rgb, heatmaps)
+        return Analysis(answer.predictions, rgb, heatmaps, probabilities)
 
 
 def photo_bytes(image: ImageInput) -> bytes:

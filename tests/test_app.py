@@ -302,7 +302,7 @@ def test_each_heatmap_gets_a_cache_file_of_its_own(server):
     paths = []
     for _ in range(2):
         session = QueueSession(server)
-        assert session.join("/explain", [session.upload(EXAMPLES / "rocket.jpg")])[0] == 200
+        assert session.join("/explain", [session.upload(EXAMPLES / "rocket.jpg"), None])[0] == 200  # no label
         session.listen()
         label, heatmap = session.result()["output"]["data"]
         assert label["label"] in EXPECTED["rocket.jpg"]

@@ -143,13 +143,18 @@ def test_classify_and_compare_answer_with_the_models_they_name(serve_client, pho
     bars, heatmap = serve_client.predict(handle_file(str(photo)), api_name="/explain")
     assert probabilities(bars) == pytest.approx(expected[DEFAULT], abs=1e-5)
     assert Path(heatmap).stat().st_size > 0
+    # Any class ("Show where it sees…"): its map made on a replica, its probability the local one's.
+    bars, heatmap = serve_client.predict(handle_file(str(photo)), "goldfish", api_name="/explain")
+    everything = local(DEFAULT).analyse(str(photo)).probabilities
+    assert probabilities(bars)["goldfish"] == pytest.approx(everything["goldfish"], abs=1e-5)
+    assert Path(heatmap).stat().st_size > 0
 
 
 def test_the_page_in_chromium_shows_the_bars_and_heatmap(browser, served, photo, torch_home):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     try:
         page.goto(served.url)
-        zone = page.locator('[aria-label="Drop an image file here to upload"]')
+        zone = page.locator('[aria-label^="Drop an image file here to upload"]')
         with page.expect_file_chooser(timeout=60_000) as chooser:
             zone.click()
         chooser.value.set_files(photo)

@@ -218,7 +218,7 @@ class CountedSlowModel(torch.nn.Module):
 def slow_app(oracle):
     """The app around a 2-second model, one request at a time, two allowed to wait."""
     model = CountedSlowModel(2.0)
-    demo = app.build_demo(Classifier(model, oracle.labels, precision="exact"), queue_size=2)
+    demo = app.build_demo(Classifier(model, oracle.labels, precision="exact"), queue_size=2, concurrency=1)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     model.calls = 0
@@ -307,7 +307,7 @@ def test_hang_ups_leave_the_real_server_serving_without_growing(served, tmp_path
     def wave(hang_up_after: str) -> None:
         sessions = [QueueSession(served.url) for _ in range(4)]
         for session in sessions:
-            assert session.join("/explain", [session.upload(photo)])[0] == 200
+            assert session.join("/explain", [session.upload(photo), None])[0] == 200  # no label
             session.listen()
         for session in sessions:
             with contextlib.suppress(ConnectionError):

@@ -62,8 +62,8 @@ def build_demo(
     (None or 0: it sends them as they are).
 
     `metrics` counts the requests (and is told the queue's length); `concurrency` is how many requests each
-    event that runs a model takes at once (default: two for the events that name a model, one for the rest;
-    models on Serve replicas take more, so that batches form). `max_pixels` is the default model's limit,
+    event that runs a model takes at once (default: two, `MODEL_CONCURRENCY`; models on Serve replicas take
+    more, so that batches form). `max_pixels` is the default model's limit,
     for the browser's shrinking (default: asked of the model, which remote models answer only once loaded).
     """
     tune_malloc()  # where the caller has not (image_classifier/allocator.py): flat memory under load
