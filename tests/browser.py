@@ -66,3 +66,11 @@ def accessibility_violations(page) -> list[str]:
             .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(" ")).join(", ")})`)""",
         WCAG_21_AA,
     )
+
+
+def camera_streaming(page, scope=None) -> None:
+    """Wait until the webcam's video shows, and Chromium's fake camera has produced frames into it."""
+    video = (scope or page).locator('[data-testid="webcam-video"]')
+    video.wait_for(state="visible", timeout=20_000)
+    streaming = "video => video.readyState >= 2 && video.currentTime > 0"
+    page.wait_for_function(streaming, arg=video.element_handle(), timeout=20_000)

@@ -20,7 +20,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 import classifier
-from browser import accessibility_violations, sent_by_page, shown_predictions
+from browser import accessibility_violations, camera_streaming, sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL
 from hostile import corpus
 from servers import free_port
@@ -115,8 +115,7 @@ def test_webcam_capture_gets_five_bars(page):
     """Chromium's fake camera shows a test pattern: the chart must appear, whatever it says."""
     page.get_by_role("button", name="Capture from camera").click()
     page.get_by_text("Click to Access Webcam").click()
-    expect(page.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
-    page.wait_for_timeout(1000)  # let the fake stream produce frames
+    camera_streaming(page)
     page.get_by_role("button", name="capture photo").click()
     expect(page.locator('[data-testid="image"] img:not(.hide)').first).to_be_visible(timeout=20_000)
     assert_chart(read_chart(page))
@@ -382,8 +381,7 @@ LIVE_READOUT = "#live-readout"
 def allow_webcam(page) -> None:
     camera = page.locator(LIVE_CAMERA)
     camera.get_by_role("button", name="Click to Access Webcam").click()
-    expect(camera.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
-    page.wait_for_timeout(500)  # let the fake camera produce frames
+    camera_streaming(page, camera)
 
 
 def record_button(page):
@@ -425,15 +423,24 @@ def test_live_tab_follows_the_webcam_stops_and_starts_again_while_photos_still_w
 
     record_button(page).click()  # Stop
     expect(record_button(page)).to_have_accessible_name("Record", timeout=10_000)
-    page.wait_for_timeout(1000)  # a frame in flight may still be answered
-    stopped = answered_frames(page)
-    page.wait_for_timeout(1500)
-    assert answered_frames(page) == stopped
+    stopped = settled_count(page)  # a frame in flight at Stop may still be answered; then none
 
     record_button(page).click()  # and again
     expect(record_button(page)).to_have_accessible_name("Stop", timeout=30_000)
-    page.wait_for_timeout(1500)
+    count = "(document.querySelector(readout).innerText.match(/(\\d+) frames answered/) || [0, 0])[1]"
+    page.wait_for_function(f"([readout, n]) => +{count} > n", arg=[LIVE_READOUT, stopped], timeout=60_000)
     assert frames_per_second(page) > 1
+
+
+def settled_count(page, polls: int = 6, every_ms: int = 250, timeout_s: float = 30) -> int:
+    """The answered-frames count once it has stayed the same for `polls` polls in a row."""
+    deadline, last, same = time.monotonic() + timeout_s, answered_frames(page), 0
+    while same < polls:
+        assert time.monotonic() < deadline, f"the count kept changing ({last} frames answered)"
+        page.wait_for_timeout(every_ms)
+        now = answered_frames(page)
+        same, last = (same + 1 if now == last else 0), now
+    return last
 
 
 def test_keyboard_alone_starts_and_stops_the_live_stream(page):
@@ -449,8 +456,7 @@ def test_keyboard_alone_starts_and_stops_the_live_stream(page):
     expect(page.locator(LIVE_CAMERA)).to_be_visible()
     tab_to("the webcam button", "e.textContent.includes('Click to Access Webcam')")
     page.keyboard.press("Enter")
-    expect(page.locator(LIVE_CAMERA).locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
-    page.wait_for_timeout(500)
+    camera_streaming(page, page.locator(LIVE_CAMERA))
     tab_to("Record", "e.getAttribute('aria-label') === 'Record'")
     page.keyboard.press("Enter")
     expect(page.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from playwright.sync_api import expect
 
 import app
-from browser import sent_by_page, shown_predictions
+from browser import camera_streaming, sent_by_page, shown_predictions
 from conftest import ROOT
 from photos import PHONE_SIZE, REAL_PHOTOS, phone_jpeg, real_photo, upscaled
 from servers import free_port, wait_until_serving
@@ -201,8 +201,7 @@ def test_a_small_photo_arrives_at_its_own_size_without_metadata(page, served, tm
 def test_a_webcam_snapshot_arrives_as_a_jpeg_without_metadata(page, served):
     page.get_by_role("button", name="Capture from camera").click()
     page.get_by_text("Click to Access Webcam").click()
-    expect(page.locator('[data-testid="webcam-video"]')).to_be_visible(timeout=20_000)
-    page.wait_for_timeout(1000)  # let the fake stream produce frames
+    camera_streaming(page)
     page.get_by_role("button", name="capture photo").click()
     read_chart(page)
     data = arrived(served["cache"], "image.png")  # Gradio's name for a snapshot: it stays
