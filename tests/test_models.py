@@ -283,13 +283,13 @@ def client_classify(client, photo, name):
     return client.predict(handle_file(str(photo)), name, api_name="/classify")
 
 
-def test_predict_is_the_default_model_and_compare_equals_two_classify(api, in_process):
+def test_predict_is_the_default_model_and_compare_answers_as_each_model_in_process(api, in_process):
     assert_same_top5(
         api.predict(handle_file(str(CAT)), api_name="/predict"), in_process["resnet18"].predict(CAT)
     )
     first, second = api.predict(handle_file(str(CAT)), "squeezenet1_0", "resnet18", api_name="/compare")
-    assert first == client_classify(api, CAT, "squeezenet1_0")
-    assert second == client_classify(api, CAT, "resnet18")
+    assert_same_top5(first, in_process["squeezenet1_0"].predict(CAT))
+    assert_same_top5(second, in_process["resnet18"].predict(CAT))
 
 
 def test_the_api_describes_classify_and_compare(api):
