@@ -68,19 +68,36 @@ class QueueSession:
         (server_path,) = json.loads(answer)
         return {"path": server_path, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
-    def join(self, api_name: str, data: list) -> tuple[int, dict]:
-        """Queue an event; returns the HTTP status and the answer ({"event_id": ...} when queued)."""
+    def join(self, api_name: str, data: list, event_data: dict | None = None) -> tuple[int, dict]:
+        """Queue an event (`event_data`: what the browser says of a select, say); returns the HTTP status and
+        the answer ({"event_id": ...} when queued)."""
         body = {
             "data": data,
             "fn_index": fn_indices(self.url)[api_name],
             "session_hash": self.session_hash,
-            "event_data": None,
+            "event_data": event_data,
             "trigger_id": None,
         }
         status, answer = self._request(
             "POST", "/gradio_api/queue/join", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
         return status, json.loads(answer)
+
+    @contextlib.contextmanager
+    def tab_open(self):
+        """The page's heartbeat stream, open while the tab is: Gradio marks the session closed as it ends."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            connection.request("GET", f"/gradio_api/heartbeat/{self.session_hash}")
+            response = connection.getresponse()
+            assert response.status == 200, response.status
+            response.readline()  # the first "ALIVE"
+            yield
+        finally:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+            connection.close()
 
     def listen(self) -> None:
         """Open the session's event stream (the page opens it right after joining)."""

@@ -25,6 +25,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, EXPECTED
 from hostile import corpus, encode
+from page_visit import ANY_CLASS, offers_visits, visit
 from servers import ServedApp, folder_files, folder_usage, process_figures
 
 SETTLE_S = 45
@@ -48,6 +49,8 @@ class Request:
     """The request must fail with a message containing this."""
     weight: int = 1
     """How many times it appears in one pass over the mix."""
+    visit: Callable[[str, Path], Any] | None = None
+    """Instead of an API call: (server URL, the photo's file) -> a visit to the page (tests/page_visit.py)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,29 @@ def request_mix(photos: Sequence[Photo], endpoints: dict[str, dict], served_mode
                     _checks_both(_checks_photo(p)),
                 )
             )
-    return [request for request in mix if request.endpoint in endpoints]
+    return [request for request in mix if request.endpoint in endpoints or request.visit]
+
+
+def page_visits(photos: Sequence[Photo], url: str) -> list[Request]:
+    """A visit to the Photo tab per photo (its events, not the API: tests/page_visit.py)."""
+    if not offers_visits(url):
+        return []
+    return [
+        Request(f"page {p.name}", "page", _file(p.name, p.data, True), _checks_visit(p), visit=visit)
+        for p in photos
+        if "-" not in p.name
+    ]
+
+
+def _checks_visit(photo: Photo) -> Callable[[dict], None]:
+    def check(shown: dict) -> None:
+        _checks_photo(photo)(shown["bars"])
+        assert f"looked for “{photo.top}”" in shown["caption"], shown["caption"]
+        assert max(shown["picture_size"]) <= 768, shown["picture_size"]
+        assert f"“{shown['clicked']}”" in shown["clicked_caption"], shown["clicked_caption"]
+        assert f"“{ANY_CLASS}” (probability" in shown["picked_caption"], shown["picked_caption"]
+
+    return check
 
 
 def _checks_both(first: Callable[[dict], None]) -> Callable[[tuple], None]:
@@ -275,7 +300,7 @@ def run(
         client = Client(url, verbose=False, httpx_kwargs={"timeout": timeout})
         try:
             for number in range(index, len(order), clients):
-                outcomes[number] = _send(client, order[number], number, scratch, timeout)
+                outcomes[number] = _send(client, url, order[number], number, scratch, timeout)
                 if done:
                     done(outcomes[number])
         finally:
@@ -289,11 +314,14 @@ def run(
     return [o or Outcome("?", "unexpected failure", 0.0, "the client thread died") for o in outcomes]
 
 
-def _send(client: Client, request: Request, number: int, scratch: Path, timeout: float) -> Outcome:
+def _send(client: Client, url: str, request: Request, number: int, scratch: Path, timeout: float) -> Outcome:
     arguments = request.arguments(number, scratch)
     started = time.monotonic()
     try:
-        result = client.submit(*arguments, api_name=request.endpoint).result(timeout=timeout)
+        if request.visit:
+            result = request.visit(url, Path(arguments[0]["path"]))
+        else:
+            result = client.submit(*arguments, api_name=request.endpoint).result(timeout=timeout)
     except AppError as e:
         seconds = time.monotonic() - started
         if request.error and request.error in str(e):
@@ -387,7 +415,8 @@ def soak(
     threads after the warm-up and at the end (both with no client connected), and its cache over time.
     """
     endpoints = endpoints_of(served.url)
-    mix = request_mix(good_photos(oracle), endpoints, served_model)
+    photos = good_photos(oracle)
+    mix = request_mix(photos, endpoints, served_model) + page_visits(photos, served.url)
     kept = folder_files(served.cache)  # the example photos Gradio keeps for the page, never deleted
     warmup_outcomes = run(served.url, schedule(mix, warmup, seed + 1), clients, scratch)
     warm = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))

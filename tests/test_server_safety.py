@@ -27,8 +27,9 @@ DELETE_CACHE = (2, 10)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """tests/serve.py in its own process, its working directory and Gradio cache in a temp folder."""
-    options = ("--delete-cache", *map(str, DELETE_CACHE))
+    """tests/serve.py in its own process, its working directory and Gradio cache in a temp folder; a closed
+    tab's session is forgotten after 5 s (not 120), so that the soak's page visits are gone before its end."""
+    options = ("--delete-cache", *map(str, DELETE_CACHE), "--sessions", "3600", "5")
     with serve_oracle(tmp_path_factory.mktemp("served"), *options) as app_process:
         yield app_process
 

@@ -1,0 +1,81 @@
+"""A visitor on the Photo tab, over Gradio's queue as the browser speaks it (the page's events are private:
+no API client can send them): a photo lands, its heatmap follows, a bar is clicked, another class is
+picked in "Show where it sees…", and the tab is closed (its heartbeat stream ends). The soak
+(tests/soak.py) mixes such visits in.
+
+Each event is sent with the session's own hash; the State inputs travel as null, as from the page, and
+Gradio fills them from the session.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from PIL import Image
+
+from queue_protocol import QueueSession, fn_indices
+
+OPACITY = 0.5
+ANY_CLASS = "goldfish"
+"""The class picked in "Show where it sees…": rarely in any photo's top five."""
+
+
+def offers_visits(url: str) -> bool:
+    """Whether the server is this page (its events have these names)."""
+    return {"/show_photo", "/finish_heatmap", "/switch_heatmap", "/see_class"} <= set(fn_indices(url))
+
+
+def event(session: QueueSession, name: str, data: list, event_data: dict | None = None) -> list:
+    """Send one of the page's events and wait for it: its outputs, or AssertionError with Gradio's error."""
+    status, answer = session.join(f"/{name}", data, event_data)
+    assert status == 200, (name, status, answer)
+    session.listen()
+    message = session.result()
+    assert message.get("success"), (name, message.get("output"))
+    return message["output"]["data"]
+
+
+def shown(output: object) -> object:
+    """An output's value, whether sent as itself or as an update of the component (gr.update(value=...))."""
+    if isinstance(output, dict) and output.get("__type__") == "update":
+        return output.get("value")
+    return output
+
+
+def picture_size(url: str, image: dict) -> tuple[int, int]:
+    """The size of a picture the page was sent, fetched as the browser fetches it."""
+    session = QueueSession(url)
+    path = urlsplit(image["url"]).path if image.get("url") else "/gradio_api/file=" + image["path"]
+    status, body = session._request("GET", unquote(path) if "%" in path else path)
+    assert status == 200, (status, path)
+    with Image.open(io.BytesIO(body)) as picture:
+        return picture.size
+
+
+def visit(url: str, photo: Path) -> dict:
+    """One visit, the tab open throughout and closed at the end; what the page showed: the bars, and the
+    captions after each step."""
+    session = QueueSession(url)
+    with session.tab_open():
+        return _look(session, url, photo)
+
+
+def _look(session: QueueSession, url: str, photo: Path) -> dict:
+    upload = session.upload(photo)
+    bars, *_ = event(session, "show_photo", [upload, None])  # the model: the session's (the default)
+    overlay, caption = event(session, "finish_heatmap", [None, OPACITY])
+    size = picture_size(url, shown(overlay))
+    clicked = bars["confidences"][1]["label"]
+    selected = {"index": 1, "value": clicked, "selected": True}
+    _, clicked_caption, _ = event(session, "switch_heatmap", [None, OPACITY], selected)
+    _, picked_caption, _ = event(session, "see_class", [None, ANY_CLASS, OPACITY])
+    return {
+        "bars": bars,
+        "caption": shown(caption),
+        "picture_size": size,
+        "clicked": clicked,
+        "clicked_caption": shown(clicked_caption),
+        "picked_caption": shown(picked_caption),
+    }
