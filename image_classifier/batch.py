@@ -533,8 +533,10 @@ def classify_uploads(
     top_k: int = 5,
     progress: Callable[[int, int], object] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    folder: str | os.PathLike | None = None,
 ) -> tuple[list[list[str]], str]:
-    """Rows for the page's table (`TABLE_HEADERS`) and the path of the same results as a CSV file.
+    """Rows for the page's table (`TABLE_HEADERS`) and the path of the same results as a CSV file in
+    `folder` (by default a new temporary folder, which the caller removes).
 
     `files` are the uploaded files' paths; more than `max_files` is refused with a `ValueError`.
     `progress(done, total)` is called after each image. Bad files get their error in their row.
@@ -545,8 +547,7 @@ def classify_uploads(
         raise ValueError("No photos: please upload one or more images.")
     paths = [os.fspath(file) for file in files]
     names = {path: os.path.basename(path) for path in paths}
-    folder = tempfile.mkdtemp(prefix="many-photos-")
-    csv_path = os.path.join(folder, "many-photos.csv")
+    csv_path = os.path.join(folder or tempfile.mkdtemp(prefix="many-photos-"), "many-photos.csv")
     table = []
     with RowWriter(csv_path, top_k) as writer:
         for done, row in enumerate(classify_images(classifier, paths, top_k=top_k, batch_size=batch_size), 1):

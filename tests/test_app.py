@@ -7,6 +7,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import gradio as gr
 import gradio.networking
@@ -291,6 +292,13 @@ def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
     remaining = len(files) - 1
     assert delete_old_files(blocks, older_than=None) == remaining  # when the server stops: all
     assert files == {example} and sorted(p.name for p in cache.iterdir()) == ["example"]
+    # Gradio's file components leave an empty, unregistered NamedTemporaryFile in the cache's top folder
+    (cache / "tmpstray").touch()
+    (cache / "tmpwritten").write_bytes(b"not ours to judge")
+    time.sleep(0.05)
+    assert delete_old_files(blocks, older_than=10) == 0 and (cache / "tmpstray").exists()  # young
+    assert delete_old_files(blocks, older_than=0.04) == 1 and not (cache / "tmpstray").exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["example", "tmpwritten"]
 
 
 def test_each_heatmap_gets_a_cache_file_of_its_own(server):
@@ -395,7 +403,14 @@ def test_each_limit_on_the_command_line_reaches_where_it_acts(torch_home, monkey
         # --max-batch-files: the Many photos tab's handler refuses a third photo, in words
         (many,) = [fn for fn in page.fns.values() if fn.name == "classify_many"]
         with pytest.raises(gr.Error, match="at most 2 photos"):
-            many.fn([str(EXAMPLES / name) for name in ("cat.jpg", "coffee.jpg", "rocket.jpg")], "resnet18")
+            three = [str(EXAMPLES / name) for name in ("cat.jpg", "coffee.jpg", "rocket.jpg")]
+            next(many.fn(three, "resnet18"))
+        # two are taken; the CSV's folder goes once Gradio has taken the file (the generator resumes)
+        answer = many.fn([str(EXAMPLES / name) for name in ("cat.jpg", "coffee.jpg")], "resnet18")
+        rows, download = next(answer)
+        csv_path = Path(download.constructor_args["value"])
+        assert len(rows) == 2 and csv_path.read_text().count("\n") == 3
+        assert next(answer, None) is None and not csv_path.parent.exists()
         # --share: Gradio opened its tunnel to this server, and has the public link
         assert [tunnel["local_port"] for tunnel in page.tunnels] == [page.server_port]
         assert page.share_url == "https://limits-test.gradio.live"

@@ -3,6 +3,8 @@ CSV file, by the model chosen on the Photo tab."""
 
 from __future__ import annotations
 
+import tempfile
+
 import gradio as gr
 
 from image_classifier import batch
@@ -33,18 +35,21 @@ def many_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
         download = gr.DownloadButton("Download CSV", visible=False)
 
     def classify_many(files: list[str] | None, name: str, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        """A row per file (bad ones with their error) and the same table as a CSV."""
-        with answers.metered("many", name):
-            try:
-                rows, csv_path = batch.classify_uploads(
-                    answers.classifier(name),
-                    files or [],
-                    max_files=limits.max_batch_files,
-                    top_k=answers.top_k,
-                    progress=lambda done, total: progress((done, total), unit="photos"),
-                )
-            except ValueError as e:  # none, or too many: in plain words
-                raise gr.Error(str(e), print_exception=False) from None
-        return rows, gr.DownloadButton(value=csv_path, visible=True)
+        """A row per file (bad ones with their error) and the same table as a CSV. A generator so that the
+        CSV's folder goes once Gradio has copied the file into its cache (its cleanup deletes the copy)."""
+        with tempfile.TemporaryDirectory(prefix="many-photos-") as folder:
+            with answers.metered("many", name):
+                try:
+                    rows, csv_path = batch.classify_uploads(
+                        answers.classifier(name),
+                        files or [],
+                        max_files=limits.max_batch_files,
+                        top_k=answers.top_k,
+                        progress=lambda done, total: progress((done, total), unit="photos"),
+                        folder=folder,
+                    )
+                except ValueError as e:  # none, or too many: in plain words
+                    raise gr.Error(str(e), print_exception=False) from None
+            yield rows, gr.DownloadButton(value=csv_path, visible=True)
 
     many.upload(classify_many, [many, chosen], [table, download], concurrency_limit=1, **PAGE_ONLY)

@@ -135,4 +135,21 @@ def delete_old_files(blocks: gr.Blocks, older_than: float | None) -> int:
             if os.path.dirname(folder) == cache:
                 with contextlib.suppress(OSError):  # not empty: another file with the same content
                     os.rmdir(folder)
+    return deleted + delete_stray_files(cache, older_than, now)
+
+
+def delete_stray_files(cache: str, older_than: float | None, now: float) -> int:
+    """Delete the empty files Gradio 6.31 leaves in its cache's top folder: the preprocessing of an
+    UploadButton, File or DownloadButton opens a `NamedTemporaryFile(delete=False)` there for every file
+    and never uses or registers it (one per photo of a Many photos upload; the soak found them)."""
+    deleted = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(cache) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if not entry.name.startswith("tmp") or not entry.is_file(follow_symlinks=False):
+                    continue
+                stat = entry.stat(follow_symlinks=False)
+                if not stat.st_size and (older_than is None or now - stat.st_ctime > older_than):
+                    os.remove(entry.path)
+                    deleted += 1
     return deleted
