@@ -8,8 +8,10 @@ watched throughout.
 The server is tests/serve.py (the app with the EfficientNet-Lite0 oracle, so answers can be checked, and
 a second model, random-weights ResNet-18 by default) in its own process on 127.0.0.1. The mix
 (tests/soak.py's `request_mix`): good photos of three sizes and the hostile corpus to /predict, heatmaps
-from /explain, each model of /classify, and /compare of the two. Every answer is checked against the
-oracle run in this process (the random model's: five classes, well formed).
+from /explain, each model of /classify, /compare of the two, and the page's own events as a browser sends
+them (tests/page_visit.py): a Photo-tab visit (a photo lands, its heatmap follows, a bar is clicked, another
+class is picked, the tab closes) and a Many photos upload with a broken file beside the photo. Every answer
+is checked against the oracle run in this process (the random model's: five classes, well formed).
 
 Prints: failures and wrong answers, latency, the server's RSS growth after the warm-up, its open file
 descriptors and threads, and Gradio's upload cache over the run. The cache is cleaned with a short

@@ -22,9 +22,13 @@ ANY_CLASS = "goldfish"
 """The class picked in "Show where it sees…": rarely in any photo's top five."""
 
 
+NOT_A_PHOTO = b"not a photo, in a file named .jpg"
+
+
 def offers_visits(url: str) -> bool:
     """Whether the server is this page (its events have these names)."""
-    return {"/show_photo", "/finish_heatmap", "/switch_heatmap", "/see_class"} <= set(fn_indices(url))
+    names = {"/show_photo", "/finish_heatmap", "/switch_heatmap", "/see_class", "/classify_many"}
+    return names <= set(fn_indices(url))
 
 
 def event(session: QueueSession, name: str, data: list, event_data: dict | None = None) -> list:
@@ -79,3 +83,14 @@ def _look(session: QueueSession, url: str, photo: Path) -> dict:
         "clicked_caption": shown(clicked_caption),
         "picked_caption": shown(picked_caption),
     }
+
+
+def many_photos(url: str, photo: Path) -> dict:
+    """The Many photos tab given `photo` and a broken file beside it: the table, a row per file."""
+    session = QueueSession(url)
+    broken = photo.with_name(f"broken-{photo.name}")
+    broken.write_bytes(NOT_A_PHOTO)
+    with session.tab_open():
+        table, _ = event(session, "classify_many", [[session.upload(photo), session.upload(broken)], None])
+    table = shown(table)
+    return {"headers": table["headers"], "rows": table["data"]}

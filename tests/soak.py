@@ -25,7 +25,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, EXPECTED
 from hostile import corpus, encode
-from page_visit import ANY_CLASS, offers_visits, visit
+from page_visit import ANY_CLASS, many_photos, offers_visits, visit
 from servers import ServedApp, folder_files, folder_usage, process_figures
 
 SETTLE_S = 45
@@ -203,11 +203,33 @@ def page_visits(photos: Sequence[Photo], url: str) -> list[Request]:
     """A visit to the Photo tab per photo (its events, not the API: tests/page_visit.py)."""
     if not offers_visits(url):
         return []
+    full_size = [p for p in photos if "-" not in p.name]
     return [
-        Request(f"page {p.name}", "page", _file(p.name, p.data, True), _checks_visit(p), visit=visit)
-        for p in photos
-        if "-" not in p.name
+        *(
+            Request(f"page {p.name}", "page", _file(p.name, p.data, True), _checks_visit(p), visit=visit)
+            for p in full_size
+        ),
+        *(
+            Request(
+                f"many photos {p.name}",
+                "many",
+                _file(p.name, p.data, True),
+                _checks_many(p),
+                visit=many_photos,
+            )
+            for p in full_size[:2]
+        ),
     ]
+
+
+def _checks_many(photo: Photo) -> Callable[[dict], None]:
+    def check(table: dict) -> None:
+        assert table["headers"] == ["image", "top class", "confidence", "top 5", "error"], table["headers"]
+        (name, label, _, _, error), (broken, *_, broken_error) = table["rows"]
+        assert label == photo.top and not error, table["rows"]
+        assert broken.startswith("broken-") and broken_error, table["rows"]
+
+    return check
 
 
 def _checks_visit(photo: Photo) -> Callable[[dict], None]:
