@@ -82,7 +82,7 @@ def visit(url: str, number: int, photo: bytes, expected: set[str], scratch: Path
     path.write_bytes(with_comment(photo, f"visitor {number}"))  # each visitor's own file
     try:
         visitor.arrive()
-        status, answer = visitor.join("/show_photo", [visitor.upload(path), 0.5, None])
+        status, answer = visitor.join("/show_photo", [visitor.upload(path), None])
         if status != 200:
             return f"join: {status} {answer}"
         visitor.listen()

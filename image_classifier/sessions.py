@@ -8,7 +8,9 @@ stretches that to an hour as soon as the tab is closed, never deletes a state th
 deletes the `SessionState` itself. A thousand visitors who each look at one photo and leave would stay in
 memory for hours. `forget_sessions` drops whole sessions: those whose tab is closed once they have been
 unused for `closed_s`, and any session unused for `idle_s`; `forgetting_sessions` runs it on a schedule in
-the server's lifespan. Nothing here knows about the page; it needs only Gradio's state holder.
+the server's lifespan, and hands the memory they held back to the system (glibc keeps freed small blocks
+inside the process: after 1,000 visitors had gone, the server stayed 60 % larger without the trim).
+Nothing here knows about the page; it needs only Gradio's state holder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import datetime
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from image_classifier.allocator import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +93,11 @@ def forgetting_sessions(
                 await asyncio.sleep(every)
                 try:
                     blocks = server.get_blocks()
-                    forget_sessions(
+                    forgotten = forget_sessions(
                         server.state_holder, idle_s=idle_s, closed_s=closed_s, busy=busy_sessions(blocks)
                     )
+                    if forgotten:  # their photos and maps were small blocks: glibc keeps them unless trimmed
+                        await asyncio.to_thread(release_memory)
                 except Exception:  # logged; the next round tries again
                     logger.exception("Could not forget old sessions; trying again in %s s", every)
 
