@@ -88,3 +88,29 @@ def test_busy_sessions_are_those_with_an_event_running_or_waiting():
     finally:
         release.set()
         demo.close()
+
+
+def test_the_scheduled_sweep_trims_the_allocator_only_after_forgetting_someone(monkeypatch):
+    """The sweep hands freed memory back to the system (glibc keeps it otherwise: bench/sessions.py), but
+    only when it forgot a session: a trim costs time on a large heap."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from image_classifier import sessions
+
+    trims = []
+    monkeypatch.setattr(sessions, "release_memory", lambda: trims.append(len(holder.session_data)))
+    holder, photo = holder_with_sessions([])
+    used(holder, "gone", 0, photo, closed=True)
+    holder.time_last_used["gone"] = datetime.datetime.now()
+    server = SimpleNamespace(state_holder=holder, get_blocks=lambda: SimpleNamespace())
+
+    async def sweep_for(seconds: float) -> None:
+        async with sessions.forgetting_sessions(every=0.05, idle_s=3600, closed_s=0.2)(server):
+            await asyncio.sleep(seconds)
+
+    asyncio.run(sweep_for(0.1))  # "gone" was just used: nothing forgotten, no trim
+    assert trims == [] and set(holder.session_data) == {"gone"}
+    holder.time_last_used["gone"] = datetime.datetime.now() - datetime.timedelta(seconds=5)
+    asyncio.run(sweep_for(0.3))
+    assert trims == [0]  # once, after the session went
