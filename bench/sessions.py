@@ -19,11 +19,8 @@ are allowed to live, plus one sweep).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import io
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -45,22 +42,6 @@ WITHIN_PERCENT = 5
 PHOTO_SIDE = 1024
 
 
-class Visitor(QueueSession):
-    """A browser tab: its heartbeat stream open from the start to the end of its visit."""
-
-    def arrive(self) -> None:
-        self.heartbeat = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        self.heartbeat.request("GET", f"/gradio_api/heartbeat/{self.session_hash}")
-        response = self.heartbeat.getresponse()
-        assert response.status == 200, response.status
-        response.readline()  # "data: ALIVE": the server knows the session
-
-    def leave(self) -> None:
-        with contextlib.suppress(OSError):
-            self.heartbeat.sock.shutdown(socket.SHUT_RDWR)
-        self.heartbeat.close()
-
-
 def photos(scratch: Path) -> list[tuple[Path, set[str]]]:
     """The example photos at the size the page uploads, each with the labels that are right for it."""
     chosen = []
@@ -77,16 +58,16 @@ def photos(scratch: Path) -> list[tuple[Path, set[str]]]:
 
 def visit(url: str, number: int, photo: bytes, expected: set[str], scratch: Path) -> str:
     """One visitor: arrive, classify a photo on the Photo tab, leave. Returns "ok" or what went wrong."""
-    visitor = Visitor(url, timeout=120)
+    visitor = QueueSession(url, timeout=120)
     path = scratch / f"visitor-{number}.jpg"
     path.write_bytes(with_comment(photo, f"visitor {number}"))  # each visitor's own file
     try:
-        visitor.arrive()
-        status, answer = visitor.join("/show_photo", [visitor.upload(path), None])
-        if status != 200:
-            return f"join: {status} {answer}"
-        visitor.listen()
-        result = visitor.result()
+        with visitor.tab_open():  # the heartbeat, open from the start to the end of the visit
+            status, answer = visitor.join("/show_photo", [visitor.upload(path), None])
+            if status != 200:
+                return f"join: {status} {answer}"
+            visitor.listen()
+            result = visitor.result()
         if not result.get("success"):
             return f"failed: {json.dumps(result)[:200]}"
         label = result["output"]["data"][0]["label"]
@@ -94,7 +75,6 @@ def visit(url: str, number: int, photo: bytes, expected: set[str], scratch: Path
     except Exception as e:  # counted, not raised: the figures say how many
         return f"{type(e).__name__}: {e}"
     finally:
-        visitor.leave()
         path.unlink(missing_ok=True)
 
 
