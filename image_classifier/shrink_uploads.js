@@ -4,10 +4,11 @@
 // button) ends in one request: Gradio's client POSTs a FormData of "files" to <root>/gradio_api/upload
 // through the global fetch. This wraps fetch and, for that request only, replaces each JPEG, PNG or WebP
 // photo by a copy that is upright (EXIF orientation applied), at most `maxSide` pixels on its long side,
-// re-encoded as JPEG and carrying no metadata (no EXIF, no GPS). The file keeps its name. Anything else,
-// a photo the browser cannot decode or one over the server's pixel limit, and any failure, goes as it
-// was: the server still decodes, checks and explains every upload. Live webcam streams (frames sent
-// as data URLs with each event) never come through here.
+// re-encoded as JPEG and carrying no metadata (no EXIF, no GPS); a JPEG that is upright and small
+// enough already goes as it came, less its metadata (not decoded, not re-encoded). The file keeps its
+// name. Anything else, a photo the browser cannot decode or one over the server's pixel limit, and any
+// failure, goes as it was: the server still decodes, checks and explains every upload. Live webcam
+// streams (frames sent as data URLs with each event) never come through here.
 //
 // app.py runs it once per page load with the page's settings: (settings) => installs the wrapper.
 (settings) => {
@@ -16,6 +17,8 @@
   // (bench/upload.py: up to 0.059 in probability against 0.033).
   const { maxSide, maxPixels, quality = 0.95 } = settings;
   const sendAsIs = window.fetch;
+  // A JPEG of at most maxSide × maxSide pixels is well under this, whatever its quality and metadata.
+  const SMALL_JPEG_BYTES = 4 * maxSide * maxSide;
 
   function isUpload(input, init) {
     if (!init || !(init.body instanceof FormData) || String(init.method).toUpperCase() !== "POST") {
@@ -51,6 +54,74 @@
     } finally {
       URL.revokeObjectURL(url);
     }
+  }
+
+  // A JPEG that is small enough already and upright as stored goes without decoding or re-encoding: the
+  // same bytes with its metadata segments left out (EXIF with its GPS and camera, XMP, IPTC, comments,
+  // anything after the picture). Kept: the picture's own segments, JFIF (APP0), the colour profile
+  // (APP2 ICC_PROFILE) and Adobe's colour transform flag (APP14). Returns null where the file needs the
+  // full path: too big, rotated by EXIF, or not a JPEG this reads to the end.
+  const KEPT_APPS = { 0xe0: "JFIF", 0xe2: "ICC_PROFILE\0", 0xee: "Adobe" };
+  const SOF = new Set([0xc0, 0xc1, 0xc2, 0xc3, 0xc5, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcd, 0xce, 0xcf]);
+
+  function startsWith(bytes, at, text) {
+    for (let i = 0; i < text.length; i++) if (bytes[at + i] !== text.charCodeAt(i)) return false;
+    return true;
+  }
+
+  // EXIF Orientation (tag 0x0112 in IFD0) of an APP1 segment's TIFF data at `tiff`; 1 where absent.
+  function exifOrientation(bytes, tiff, end) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset);
+    const little = bytes[tiff] === 0x49;
+    const ifd = tiff + view.getUint32(tiff + 4, little);
+    if (ifd + 2 > end) return 0;
+    const count = view.getUint16(ifd, little);
+    for (let entry = ifd + 2; entry < Math.min(ifd + 2 + 12 * count, end - 11); entry += 12) {
+      if (view.getUint16(entry, little) === 0x0112) return view.getUint16(entry + 8, little);
+    }
+    return 1;
+  }
+
+  // Where the entropy-coded data starting at `at` ends: the next marker that is neither a stuffed 0xFF
+  // nor a restart marker.
+  function entropyEnd(bytes, at) {
+    for (let i = at; i + 1 < bytes.length; i++) {
+      if (bytes[i] === 0xff && bytes[i + 1] !== 0 && (bytes[i + 1] < 0xd0 || bytes[i + 1] > 0xd7)) return i;
+    }
+    return -1;
+  }
+
+  function jpegWithoutMetadata(bytes) {
+    const kept = [bytes.subarray(0, 2)];
+    let [size, at] = [null, 2];
+    while (at + 2 <= bytes.length && bytes[at] === 0xff) {
+      const marker = bytes[at + 1];
+      if (marker === 0xd9) {
+        kept.push(bytes.subarray(at, at + 2));
+        return size && { size, parts: kept };
+      }
+      if (at + 4 > bytes.length) return null;
+      const end = at + 2 + ((bytes[at + 2] << 8) | bytes[at + 3]);
+      if (end > bytes.length) return null;
+      const app = marker >= 0xe0 && marker <= 0xef;
+      if (marker === 0xe1 && startsWith(bytes, at + 4, "Exif\0\0")) {
+        const orientation = exifOrientation(bytes, at + 10, end);
+        if (orientation !== 1) return null; // to be turned upright: the full path
+      }
+      if (SOF.has(marker)) size = [(bytes[at + 7] << 8) | bytes[at + 8], (bytes[at + 5] << 8) | bytes[at + 6]];
+      if (SOF.has(marker) && Math.max(...size) > maxSide) return null; // to be shrunk
+      const keep = app ? KEPT_APPS[marker] && startsWith(bytes, at + 4, KEPT_APPS[marker]) : marker !== 0xfe;
+      if (keep) kept.push(bytes.subarray(at, end));
+      at = end;
+      if (marker === 0xda) {
+        const scanEnd = entropyEnd(bytes, at);
+        if (scanEnd < 0) return null;
+        kept.push(bytes.subarray(at, scanEnd));
+        at = scanEnd;
+      }
+      while (bytes[at] === 0xff && bytes[at + 1] === 0xff) at++; // fill bytes
+    }
+    return null;
   }
 
   // A JPEG can be decoded straight to a fraction n/8 of its size, in the DCT domain (a proper filter, as
@@ -129,6 +200,18 @@
   async function shrink(file) {
     const type = await photoType(file);
     if (!type) return file;
+    if (type === "image/jpeg" && file.size <= SMALL_JPEG_BYTES) {
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      let stripped = null;
+      try {
+        stripped = jpegWithoutMetadata(bytes);
+      } catch (error) {
+        console.warn(`Re-encoding ${file.name}: its segments could not be read:`, error);
+      }
+      if (stripped) {
+        return new File(stripped.parts, file.name, { type, lastModified: file.lastModified });
+      }
+    }
     const size = await uprightSize(file);
     const [fullWidth, fullHeight] = size;
     if (fullWidth * fullHeight > maxPixels) return file; // the server says why it refuses it

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import handle_file
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 from playwright.sync_api import expect
 
 import app
@@ -200,6 +200,60 @@ def test_a_small_photo_arrives_at_its_own_size_without_metadata(page, served, tm
     assert_no_metadata(data)
     assert assert_upright_copy(data, upright(photo)) == (800, 600)
     assert top1 == api_top1(served, photo)
+
+
+def small_upright_jpegs() -> dict[str, bytes]:
+    """Small JPEGs upright as stored, with what cameras and editors add: EXIF with GPS (Orientation 1, or
+    none), XMP, a comment, a colour profile, a second picture after the first (as MPF puts it there);
+    baseline, progressive, with restart markers."""
+    scene = upscaled(real_photo("coffee"), (800, 600), grain=0)
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.open(io.BytesIO(phone_jpeg(scene, orientation=1))).getexif()
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description GPSLatitude="48,51.5N"/></x:xmpmeta>'
+    variants = {
+        "baseline": {},
+        "progressive": {"progressive": True},
+        "restart markers": {"restart_marker_blocks": 4},
+    }
+    photos = {}
+    for name, options in variants.items():
+        stream = io.BytesIO()
+        scene.save(
+            stream,
+            "JPEG",
+            quality=92,
+            exif=exif,
+            icc_profile=profile,
+            xmp=xmp,
+            comment=b"Phone 12",
+            **options,
+        )
+        photos[name] = stream.getvalue() + b"\xff\xd8trailing picture: Phone 12\xff\xd9"
+    photos["no EXIF"] = phone_jpeg(scene, orientation=None, gps=False)
+    return photos
+
+
+def test_a_small_upright_jpeg_goes_as_it_came_less_its_metadata(page):
+    """Nothing to shrink or turn: the very same picture (the same bytes, so the same pixels), without
+    EXIF, GPS, XMP, comments or what follows the picture; its colour profile kept."""
+    for name, original in small_upright_jpegs().items():
+        sent = sent_by_page(page, original)
+        assert_no_metadata(sent)
+        assert b"xmpmeta" not in sent and b"trailing picture" not in sent, name
+        assert len(sent) < len(original), name
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(sent))), np.asarray(Image.open(io.BytesIO(original)))
+        )
+        assert Image.open(io.BytesIO(sent)).info.get("icc_profile") == Image.open(
+            io.BytesIO(original)
+        ).info.get("icc_profile"), name
+
+
+def test_a_small_jpeg_stored_sideways_is_turned_upright_all_the_same(page):
+    scene = upscaled(real_photo("coffee"), (800, 600), grain=0)
+    sent = sent_by_page(page, phone_jpeg(scene, orientation=6))
+    assert_no_metadata(sent)
+    assert assert_upright_copy(sent, scene) == (800, 600)
 
 
 def test_a_webcam_snapshot_arrives_as_a_jpeg_without_metadata(page, served):
