@@ -14,8 +14,10 @@ file input, in a fresh browser context per round, rounds alternating the contend
   app, and chosen -> heatmap picture on the page;
 - the 12 MP photo over a phone's uplink (DevTools: 1.5 Mbit/s up, 50 ms round trip): the page only (the
   plain app sends the whole 4 MB: bench/upload.py measured it, 22 s), with the upload's body in bytes.
-Then fidelity per side, as bench/upload.py measures it (the oracle's answer for the file the browser sends
-against its answer for the original, largest top-5 probability change). Writes OUT/page.json.
+Each time is broken down (medians): before the upload starts (the page's shrink step), the upload, upload ->
+event sent (Gradio's front end), event -> answer (the server), answer -> bars drawn. Then fidelity per side,
+as bench/upload.py measures it (the oracle's answer for the file the browser sends against its answer for
+the original, largest top-5 probability change). Writes OUT/page.json.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ from browser import launch_chromium  # noqa: E402
 from photos import PHONE_SIZE, phone_jpeg, real_photo, upscaled  # noqa: E402
 from servers import free_port, wait_until_serving  # noqa: E402
 
+PHASES = """() => {
+    const first = pattern => performance.getEntriesByType("resource")
+        .find(entry => pattern.test(new URL(entry.name).pathname));
+    const [upload, join, data] = [/\\/upload$/, /\\/queue\\/join$/, /\\/queue\\/data$/].map(first);
+    return upload && join && data
+        && {upload: [upload.startTime, upload.responseEnd], join: join.startTime, answered: data.responseEnd};
+}"""
+"""When the photo's upload started and ended, when its event was sent and when its answer had come (the
+first event's stream closed), from the page's resource timings."""
 HEATMAP_SHOWN = (
     """() => !!document.querySelector('img[alt^="Where the model looked for"]') && performance.now()"""
 )
@@ -79,6 +90,16 @@ def one_round(browser, url: str, photo: Path, throttle: dict | None, heatmap: bo
         bars_at = page.wait_for_function(BARS_SHOWN, polling=5, timeout=300_000).json_value()
         chosen_at = page.evaluate("window.benchChosenAt")
         row = {"bars_ms": bars_at - chosen_at, "body_bytes": sum(bodies)}
+        phases = page.evaluate(PHASES)
+        if phases:
+            (upload_start, upload_end), join, answered = phases["upload"], phases["join"], phases["answered"]
+            row["phases_ms"] = {
+                "before upload": upload_start - chosen_at,  # the page's shrink step (none in the plain app)
+                "upload": upload_end - upload_start,
+                "upload -> event": join - upload_end,  # Gradio's front end
+                "event -> answer": answered - join,  # the server: queue, pre/postprocess, model
+                "answer -> bars": bars_at - answered,  # the front end draws the outputs
+            }
         if heatmap:
             row["heatmap_ms"] = page.wait_for_function(HEATMAP_SHOWN, polling=5).json_value() - chosen_at
         return row
@@ -126,6 +147,12 @@ def report(results: dict) -> None:
                 line += f"  heatmap {statistics.median(row['heatmap_ms'] for row in rows):.0f}"
             line += f"  sent {statistics.median(row['body_bytes'] for row in rows) / 1e3:.0f} KB"
             print(line)
+            if all("phases_ms" in row for row in rows):
+                phases = {
+                    name: statistics.median(row["phases_ms"][name] for row in rows)
+                    for name in rows[0]["phases_ms"]
+                }
+                print("      " + ", ".join(f"{name} {ms:.0f}" for name, ms in phases.items()))
 
 
 def main() -> None:
