@@ -65,7 +65,7 @@ const DROP = "Drop an image file here to upload";
 const fix = () => {
   for (const empty of document.querySelectorAll(".empty[aria-label]")) empty.removeAttribute("aria-label");
   for (const zone of document.querySelectorAll(`[aria-label^="${DROP}"]`)) {
-    const shown = zone.innerText.replace(/\\s+/g, " ").trim();
+    const shown = zone.textContent.replace(/\\s+/g, " ").trim(); // innerText would lay the page out
     const name = shown ? `${DROP}: ${shown}` : DROP;
     if (zone.getAttribute("aria-label") !== name) zone.setAttribute("aria-label", name);
   }
