@@ -45,58 +45,8 @@ def model_figures(answers: Answers) -> list[dict]:
 
 def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> None:
     """The endpoints, on hidden buttons, taking and giving the components the page shows them with."""
-    default = answers.models.default
-
-    def predict(image: str | None) -> dict[str, float]:
-        """The default model's five best guesses for what is in a photo, each with its probability.
-
-        Args:
-            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
-        """
-        with answers.metered("predict", default):
-            return answers.classify(image, default)
-
-    def classify(image: str | None, model: str) -> dict[str, float]:
-        """A named model's five best guesses for what is in a photo (ImageNet's 1,000 everyday classes), each
-        with its probability. The `models` tool lists the names on offer.
-
-        Args:
-            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
-            model: the model's name, one of those the `models` tool lists, e.g. "resnet50".
-        """
-        with answers.metered("classify", model):
-            return answers.classify(image, model)
-
-    def compare(image: str | None, model_a: str, model_b: str) -> tuple[dict[str, float], dict[str, float]]:
-        """Two named models' five best guesses for the same photo, side by side.
-
-        Args:
-            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
-            model_a: the first model's name (the `models` tool lists them).
-            model_b: the second model's name.
-        """
-        with answers.metered("compare", model_a), answers.metered("compare", model_b):
-            return answers.classify(image, model_a), answers.classify(image, model_b)
-
-    def explain(image: str | None, label: str | None = None) -> tuple[dict[str, float], Image.Image | None]:
-        """The default model's five best guesses for a photo, and a heatmap picture of where in the photo it
-        looked for the top one, or for `label` (none where the model has no heatmaps). A label outside the
-        five takes the fifth one's place, with its probability: as many classes as ever.
-
-        Args:
-            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
-            label: optional, one of ImageNet's 1,000 class names, e.g. "tabby"; default the top class.
-        """
-        with answers.metered("explain", default):
-            if image is None:
-                raise gr.Error(NO_PHOTO)
-            predictions, shown = answers.analyse(answers.classifier(default), image)
-            if shown is None:
-                return predictions, None
-            if label is not None and label not in predictions:
-                kept = list(predictions.items())[: len(predictions) - 1]
-                predictions = {**dict(kept), label: shown.probabilities[label]}
-            return predictions, top_heatmap(shown, label)
+    predict, classify, compare = _classifying(answers)
+    explain = _explaining(answers)
 
     def models() -> list[dict]:
         """The image classification models on offer, the default first: for each, its name, its ImageNet
@@ -131,3 +81,68 @@ def api_endpoints(answers: Answers, photo: PhotoTab, compared: CompareTab) -> No
         concurrency_limit=answers.concurrency,
     )
     gr.Button(visible=False).click(models, None, gr.JSON(visible=False), api_name="models")
+
+
+def _classifying(answers: Answers):
+    """/predict, /classify and /compare: top classes."""
+    default = answers.models.default
+
+    def predict(image: str | None) -> dict[str, float]:
+        """The default model's five best guesses for what is in a photo, each with its probability.
+
+        Args:
+            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
+        """
+        with answers.metered("predict", default):
+            return answers.classify(image, default)
+
+    def classify(image: str | None, model: str) -> dict[str, float]:
+        """A named model's five best guesses for what is in a photo (ImageNet's 1,000 everyday classes), each
+        with its probability. The `models` tool lists the names on offer.
+
+        Args:
+            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
+            model: the model's name, one of those the `models` tool lists, e.g. "resnet50".
+        """
+        with answers.metered("classify", model):
+            return answers.classify(image, model)
+
+    def compare(image: str | None, model_a: str, model_b: str) -> tuple[dict[str, float], dict[str, float]]:
+        """Two named models' five best guesses for the same photo, side by side.
+
+        Args:
+            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
+            model_a: the first model's name (the `models` tool lists them).
+            model_b: the second model's name.
+        """
+        with answers.metered("compare", model_a), answers.metered("compare", model_b):
+            return answers.classify(image, model_a), answers.classify(image, model_b)
+
+    return predict, classify, compare
+
+
+def _explaining(answers: Answers):
+    """/explain: top classes and a heatmap picture."""
+    default = answers.models.default
+
+    def explain(image: str | None, label: str | None = None) -> tuple[dict[str, float], Image.Image | None]:
+        """The default model's five best guesses for a photo, and a heatmap picture of where in the photo it
+        looked for the top one, or for `label` (none where the model has no heatmaps). A label outside the
+        five takes the fifth one's place, with its probability: as many classes as ever.
+
+        Args:
+            image: the photo (a URL, or a file): JPEG, PNG, WebP, GIF, BMP or TIFF.
+            label: optional, one of ImageNet's 1,000 class names, e.g. "tabby"; default the top class.
+        """
+        with answers.metered("explain", default):
+            if image is None:
+                raise gr.Error(NO_PHOTO)
+            predictions, shown = answers.analyse(answers.classifier(default), image)
+            if shown is None:
+                return predictions, None
+            if label is not None and label not in predictions:
+                kept = list(predictions.items())[: len(predictions) - 1]
+                predictions = {**dict(kept), label: shown.probabilities[label]}
+            return predictions, top_heatmap(shown, label)
+
+    return explain
