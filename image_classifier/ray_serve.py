@@ -32,7 +32,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
-from classifier import Analysis, Classifier, ModelSet
+from classifier import Analysis, Classifier, ClassProbabilities, ModelSet
 from image_classifier.decoding import ImageInput, decode_image
 from image_classifier.heatmaps import Heatmaps
 from image_classifier.metrics import Busy
@@ -304,7 +304,7 @@ class RemoteClassifier:
         rgb, full_size = decode_image(image, max_pixels=self.max_pixels, min_side=self._decode_side)
         photo = photo_bytes(image)
         answer = self.replicas.call("analyse", self.name, photo, top_k)
-        probabilities = dict(zip(self.labels, answer.probabilities.tolist(), strict=True))
+        probabilities = ClassProbabilities(self.label_index, answer.probabilities)
         if answer.maps is None:
             return Analysis(answer.predictions, rgb, None, probabilities)
         region = self.seen_region(rgb.size)

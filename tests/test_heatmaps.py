@@ -494,6 +494,18 @@ def test_any_label_costs_no_second_pass_and_reports_its_probability(oracle, comp
     assert explained.probabilities == {"goldfish": pytest.approx(full["goldfish"], abs=1e-6)}
 
 
+def test_every_labels_probability_reads_as_the_full_softmax(oracle, composite):
+    """A page session keeps every class's probability (for "Show where it sees…") in one float32 array,
+    not a dict of 1,000 Python floats: reading it gives what predict gives for each label."""
+    analysis = oracle.analyse(composite)
+    full = oracle.predict(composite, top_k=len(oracle.labels))
+    assert set(analysis.probabilities) == set(full) and len(analysis.probabilities) == len(full)
+    assert all(analysis.probabilities[label] == pytest.approx(p, abs=1e-6) for label, p in full.items())
+    assert sum(analysis.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    with pytest.raises(KeyError):
+        analysis.probabilities["no such class"]
+
+
 LOCALISING = ["CAM", "Grad-CAM", "Score-CAM"]  # Grad-CAM++ and Layer-CAM: BENCHMARKS.md section 8 says why
 
 
