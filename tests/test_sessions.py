@@ -90,6 +90,36 @@ def test_busy_sessions_are_those_with_an_event_running_or_waiting():
         demo.close()
 
 
+def test_a_forgotten_session_leaves_nothing_in_gradios_queue_and_can_come_back():
+    """Gradio's queue keeps a message queue and a set of event ids for every session that sent an event,
+    empty once its events are done, and never drops the set: forgetting a session drops both."""
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        gr.Button().click(str.upper, box, box, api_name="upper")
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url, queue, holder = f"http://127.0.0.1:{port}/", demo._queue, demo.server_app.state_holder
+
+    def visit(session: QueueSession, text: str) -> str:
+        assert session.join("/upper", [text])[0] == 200
+        session.listen()
+        return session.result()["output"]["data"][0]
+
+    try:
+        gone, staying = QueueSession(url), QueueSession(url)
+        assert (visit(gone, "left"), visit(staying, "still here")) == ("LEFT", "STILL HERE")
+        assert {gone.session_hash, staying.session_hash} <= set(queue.pending_event_ids_session)
+        holder.time_last_used[gone.session_hash] -= datetime.timedelta(hours=2)
+        assert forget_sessions(holder, idle_s=3600, closed_s=120, queue=queue) == 1
+        assert gone.session_hash not in queue.pending_event_ids_session
+        assert gone.session_hash not in queue.pending_messages_per_session
+        assert staying.session_hash in queue.pending_messages_per_session
+        assert visit(gone, "back") == "BACK"
+    finally:
+        demo.close()
+
+
 def test_the_scheduled_sweep_trims_the_allocator_only_after_forgetting_someone(monkeypatch):
     """The sweep hands freed memory back to the system (glibc keeps it otherwise: bench/sessions.py), but
     only when it forgot a session: a trim costs time on a large heap."""
