@@ -10,6 +10,11 @@ python app.py --serve --replicas 2  # the models on Ray Serve replicas: a local 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first of all: a setting that counts only from a process's start
+    from image_classifier.allocator import restart_with_malloc
+
+    restart_with_malloc()
+
 import argparse
 import functools
 import logging

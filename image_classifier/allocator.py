@@ -12,6 +12,9 @@ section):
   32 MB): after the first 2400-pixel photo (a 17 MB decode buffer), decode buffers come from the arenas, and
   every arena ends up keeping a 17 MB hole that small allocations pin down. A fixed threshold keeps them out.
 
+And one setting that only counts from the start of a process, so the server restarts itself in place to
+take it (`restart_with_malloc`): Python's own small objects from glibc's malloc too, not from pymalloc.
+
 A no-op where the C library is not glibc.
 """
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
+import sys
 from collections.abc import Callable
 
 M_TRIM_THRESHOLD = -1
@@ -39,6 +44,25 @@ def tune_malloc(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> b
     if mallopt is None:
         return False
     return bool(mallopt(M_ARENA_MAX, arenas)) & bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
+def restart_with_malloc() -> None:
+    """Restart this process in place (the same PID and command line) with `PYTHONMALLOC=malloc`, where the C
+    library is glibc and PYTHONMALLOC is not set already (set it, to `pymalloc` say, to keep Python's
+    default); not under a debugger. Call it first thing when the server starts, before the heavy imports.
+
+    Why (bench/sessions.py, BENCHMARKS.md 12b): pymalloc takes memory in 1 MB arenas and gives an arena back
+    only once every object in it has gone. A thousand visitors' sessions, made and forgotten, left 56 such
+    arenas (56 MB) in the server, each held by a few objects that outlived the visits among thousands that
+    did not; glibc's `malloc_trim` (`release_memory`) hands back any free 4 KB page, so the same visitors
+    left 40 MB instead of 60 or more.
+    """
+    if os.environ.get("PYTHONMALLOC") or sys.gettrace() is not None or _libc_function("malloc_trim") is None:
+        return
+    os.environ["PYTHONMALLOC"] = "malloc"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def release_memory() -> None:

@@ -14,9 +14,13 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+from image_classifier.allocator import restart_with_malloc, tune_malloc  # noqa: E402
+
+if __name__ == "__main__":
+    restart_with_malloc()  # as app.py does, before the heavy imports
+
 import app  # noqa: E402
 from classifier import ModelSet, load_classifier, time_one_photo  # noqa: E402
-from image_classifier.allocator import tune_malloc  # noqa: E402
 from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S  # noqa: E402
 from oracle import load_oracle  # noqa: E402
 from torch_home import write_random_weights  # noqa: E402

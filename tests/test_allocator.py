@@ -1,6 +1,7 @@
 """glibc's malloc as the server sets it up (image_classifier/allocator.py), each case in a fresh process: the
 settings only count from the start of a process."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -67,3 +68,36 @@ def test_large_buffers_stay_mapped_and_threads_share_two_arenas():
     # get arenas of their own.
     mapped, arenas = probe(tune=False)
     assert not mapped and arenas > 2
+
+
+RESTARTS = """
+import os, sys
+sys.path.insert(0, {root!r})
+print("started", os.getpid(), os.environ.get("PYTHONMALLOC"), flush=True)
+from image_classifier.allocator import restart_with_malloc
+restart_with_malloc()
+objects = [object() for _ in range(100_000)]  # Python's small objects, from whichever allocator it was given
+print("running", os.getpid(), os.environ.get("PYTHONMALLOC"), sys.argv[1:])
+"""
+
+
+def restarts(**environment: str) -> list[list[str]]:
+    script = textwrap.dedent(RESTARTS).format(root=str(ROOT))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONMALLOC"} | environment
+    output = subprocess.run(
+        [sys.executable, "-c", script, "photo.jpg"], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    return [line.split(" ", 3) for line in output.splitlines()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_server_restarts_in_place_once_with_pythons_objects_from_malloc():
+    (first, pid, unset), (again, same_pid, chosen), (running, last_pid, allocator, argv) = restarts()
+    assert (first, unset, again, chosen) == ("started", "None", "started", "malloc")
+    assert (running, allocator, argv) == ("running", "malloc", "['photo.jpg']")  # the same command line
+    assert pid == same_pid == last_pid  # in place: whoever started it still has its process
+
+
+def test_an_allocator_chosen_by_the_operator_is_kept():
+    (first, _, chosen), (running, _, allocator, _) = restarts(PYTHONMALLOC="pymalloc")
+    assert (first, chosen, running, allocator) == ("started", "pymalloc", "running", "pymalloc")
