@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -530,8 +530,8 @@ class Analysis:
     heatmaps: Heatmaps | None
     """Every class's map, made when first asked for; None where the model has none
     (`Classifier.no_heatmaps_reason` says why)."""
-    probabilities: Mapping[str, float] = field(default_factory=dict)
-    """Every label's probability, from the same pass (`ClassProbabilities`)."""
+    probabilities: ClassProbabilities
+    """Every label's probability, from the same pass."""
 
 
 class ClassProbabilities(Mapping[str, float]):
@@ -546,6 +546,13 @@ class ClassProbabilities(Mapping[str, float]):
             probabilities = probabilities.detach().float().cpu().numpy()
         self._index = label_index
         self._values = np.array(probabilities, dtype=np.float32)  # its own copy, not a view of the batch's
+
+    @property
+    def array(self) -> np.ndarray:
+        """The probabilities in the model's label order, as they are kept (read-only)."""
+        view = self._values.view()
+        view.flags.writeable = False
+        return view
 
     def __getitem__(self, label: str) -> float:
         return float(self._values[self._index[label]])

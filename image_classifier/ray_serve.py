@@ -198,7 +198,7 @@ class ModelReplica:
 
     def _analyse(self, name: str, image: bytes, top_k: int) -> RemoteAnalysis:
         analysis = self.models.get(name).analyse(image, top_k=top_k, threads=self.threads)
-        probabilities = np.fromiter(analysis.probabilities.values(), np.float32, len(analysis.probabilities))
+        probabilities = analysis.probabilities.array
         if analysis.heatmaps is None:
             return RemoteAnalysis(analysis.predictions, probabilities, None, "")
         maps = analysis.heatmaps.cams(list(analysis.predictions))
