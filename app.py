@@ -37,6 +37,7 @@ from classifier import (
 )
 from image_classifier import batch
 from image_classifier.allocator import tune_malloc
+from image_classifier.live import PhotosFirst
 from image_classifier.metrics import PageMetrics, health_routes, loaded_models, model_set_readiness
 from image_classifier.page import build_demo, launch_options
 from image_classifier.page.settings import (
@@ -168,13 +169,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     metrics = PageMetrics(models.names, models=loaded_models(models), refusals=(gr.Error,))
-    demo = build_demo(models, metrics=metrics, **page_options(args))
+    photos_first = PhotosFirst()  # live frames give way to photos from their upload on
+    demo = build_demo(models, metrics=metrics, photos_first=photos_first, **page_options(args))
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share or None,  # None: Gradio's own default, a link only where GRADIO_SHARE asks
         mcp_server=args.mcp or None,  # None: Gradio reads GRADIO_MCP_SERVER
-        **launch_options(args.max_file_size, routes=health_routes(metrics, model_set_readiness(models))),
+        **launch_options(
+            args.max_file_size,
+            routes=health_routes(metrics, model_set_readiness(models)),
+            photos_first=photos_first,
+        ),
     )
     return 0
 

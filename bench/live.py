@@ -481,8 +481,11 @@ def main() -> None:
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright, *FAKE_WEBCAM_ARGS)
         probe = ServerProbe(classifier)
-        demo = app.build_demo(classifier, model_name="DenseNet-121 (random weights)")
-        with serving(plain_demo(classifier)) as plain_url, serving(demo) as url:
+        photos_first = live.PhotosFirst()  # as app.py builds and launches the page
+        demo = app.build_demo(
+            classifier, model_name="DenseNet-121 (random weights)", photos_first=photos_first
+        )
+        with serving(plain_demo(classifier)) as plain_url, serving(demo, photos_first) as url:
             print(
                 f"\n1. One stream, {seconds:g} s each, {rounds} round(s), browser and server on this machine"
             )

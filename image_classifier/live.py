@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +30,15 @@ FRAME_THREADS = 1
 """Threads of a frame's forward pass. The page showing the stream and the server share the machine with
 the model: on one thread the forward pass leaves them the other cores, and costs less CPU time per frame
 than threads that wait on each other whenever one of them is preempted (bench/live.py measures both)."""
+FRAMES_PER_SECOND_PER_SLOT = 20.0
+"""Most live frames answered per second on each live slot while each stream has a slot of its own: as many
+as the page sends (20 a second)."""
+SHARED_FRAMES_PER_SECOND_PER_SLOT = 10.0
+"""Most live frames answered per second on each live slot, all streams together, while more streams run
+than there are slots: two streams on one slot get 5 a second each, so that streams on a small machine
+leave it room for photos (and, the page pacing its frames by the answers, their browsers send fewer).
+bench/live.py: with 20 here, a photo beside two streams took 1.67-1.73x its idle time; with 10, 1.32-1.54x;
+with 6, 1.45x."""
 READOUT_EVERY = 0.5
 """Seconds between updates of the readout: often enough to follow, slow enough to read."""
 
@@ -54,27 +63,54 @@ class PhotosFirst:
     handlers run inside `photo()`, and a frame waits, in `frame()`, while a photo is being classified and
     `grace` seconds more (while its answer is encoded and sent). A frame that had to wait for a photo is
     stale by then, so `frame()` yields False and the stream drops it: the next one comes within a moment.
+    Frames give way from the moment a photo's upload begins, too (`photo_coming()`, told by the server):
+    a photo waits for its upload, the page's event and the queue before its handler runs.
+    Frames start at most `frames_per_second_per_slot` a second on each slot, and `shared_per_slot` while
+    more streams run than there are slots: more streams get fewer frames each, rather than a photo getting
+    less of the machine.
     While streams run, a photo's forward pass is capped to the cores the live frames leave (`photo()`
     yields the cap): the pages showing the streams keep capturing frames meanwhile, and a pass spread over
     every core stalls whenever one of its threads is preempted.
     """
 
-    def __init__(self, live_slots: int | None = None, grace: float = 0.15, max_wait: float = 5.0) -> None:
+    def __init__(
+        self,
+        live_slots: int | None = None,
+        grace: float = 0.15,
+        max_wait: float = 5.0,
+        coming_for: float = 1.0,
+        frames_per_second_per_slot: float = FRAMES_PER_SECOND_PER_SLOT,
+        shared_per_slot: float = SHARED_FRAMES_PER_SECOND_PER_SLOT,
+    ) -> None:
         cores = os.cpu_count() or 2
         self.live_slots = live_slots or max(1, cores // 2)
+        self.frame_spacing = 1.0 / (frames_per_second_per_slot * self.live_slots)
+        """Seconds between the starts of two frames, whichever streams they come from."""
+        self.shared_frame_spacing = 1.0 / (shared_per_slot * self.live_slots)
+        """The same while more streams run than there are slots."""
         self.photo_threads_while_streaming = max(1, cores - self.live_slots)
         self.grace = grace
         self.max_wait = max_wait
+        self.coming_for = coming_for
         self._photos = 0
+        self._photo_expected_until = -float("inf")
         self._frames = 0
         self._last_photo_end = -float("inf")
         self._last_frame_end = -float("inf")
+        self._last_frame_start = -float("inf")
+        self._streams: dict[Hashable, float] = {}  # stream -> when its last frame came
         self._changed = threading.Condition()
 
     @property
     def streaming(self) -> bool:
         """Whether a live frame ran within the last second (or runs now)."""
         return self._frames > 0 or time.monotonic() - self._last_frame_end < 1.0
+
+    def photo_coming(self) -> None:
+        """A photo is on its way (its upload has begun): frames give way from now, not only once it is
+        being classified, for at most `coming_for` seconds if it never comes (or until it has been)."""
+        with self._changed:
+            self._photo_expected_until = time.monotonic() + self.coming_for
 
     @contextmanager
     def photo(self) -> Iterator[int | None]:
@@ -88,30 +124,46 @@ class PhotosFirst:
             with self._changed:
                 self._photos -= 1
                 self._last_photo_end = time.monotonic()
+                self._photo_expected_until = -float("inf")  # it came (or another did): the grace follows
                 self._changed.notify_all()
 
+    def _spacing(self, stream: Hashable, now: float) -> float:
+        """Seconds between frame starts now that `stream` sends one: more streams than slots share less."""
+        self._streams[stream] = now
+        for other, last in list(self._streams.items()):
+            if now - last > 1.0:  # stopped
+                del self._streams[other]
+        return self.shared_frame_spacing if len(self._streams) > self.live_slots else self.frame_spacing
+
     @contextmanager
-    def frame(self) -> Iterator[bool]:
-        """A live frame's turn: yields True when the frame may run, False when it waited for a photo (then
-        the stream should drop it). After `max_wait` seconds a frame runs anyway, so that a steady flow of
-        photos slows the streams down without stopping them."""
+    def frame(self, stream: Hashable = None) -> Iterator[bool]:
+        """A live frame of `stream` (its session, say) takes its turn: yields True when the frame may run,
+        False when it waited for a photo (then the stream should drop it). After `max_wait` seconds a frame
+        runs anyway, so that a steady flow of photos slows the streams down without stopping them."""
         gave_way = False
         deadline = time.monotonic() + self.max_wait
         with self._changed:
+            spacing = self._spacing(stream, time.monotonic())
             while True:
                 now = time.monotonic()
                 if now >= deadline:
                     gave_way = False
                     break
-                if self._photos or now - self._last_photo_end < self.grace:
+                if self._photos or now < self._photo_expected_until:
                     gave_way = True
-                    until = deadline if self._photos else self._last_photo_end + self.grace
+                    until = deadline if self._photos else self._photo_expected_until
+                elif now - self._last_photo_end < self.grace:
+                    gave_way = True
+                    until = self._last_photo_end + self.grace
                 elif self._frames >= self.live_slots:
                     until = deadline
+                elif now < self._last_frame_start + spacing:
+                    until = self._last_frame_start + spacing
                 else:
                     break
                 self._changed.wait(min(until, deadline) - now)
             self._frames += 1
+            self._last_frame_start = now
         try:
             yield not gave_way
         finally:
@@ -127,13 +179,15 @@ def answer_frame(
     *,
     top_k: int = 5,
     photos_first: PhotosFirst | None = None,
+    stream: Hashable = None,
 ) -> FrameAnswer | None:
     """The top classes of one webcam frame (JPEG bytes or a PIL image), or None when there is nothing to
     answer: no frame (Gradio can send None, gradio-app/gradio#9837), an unreadable one, or one held back
-    while a photo went first. Frames of any size, changing from one frame to the next, are fine."""
+    while a photo went first. Frames of any size, changing from one frame to the next, are fine. `stream`
+    says whose frame it is (the rate is shared among streams)."""
     if frame is None:
         return None
-    with photos_first.frame() if photos_first else nullcontext(True) as fresh:
+    with photos_first.frame(stream) if photos_first else nullcontext(True) as fresh:
         if not fresh:
             return None
         try:
@@ -153,6 +207,8 @@ class LiveFigures:
         self.clock = clock
         self.frames = 0
         """Frames answered so far."""
+        self.handled = 0
+        """Frames the server has handled so far, answered or skipped (the page paces its frames by it)."""
         self.model_ms: float | None = None
         """The forward pass of the latest frames, smoothed."""
         self._answered: deque[float] = deque()

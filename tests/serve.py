@@ -21,6 +21,7 @@ if __name__ == "__main__":
 
 import app  # noqa: E402
 from classifier import ModelSet, load_classifier, time_one_photo  # noqa: E402
+from image_classifier.live import PhotosFirst  # noqa: E402
 from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S  # noqa: E402
 from oracle import load_oracle  # noqa: E402
 from torch_home import write_random_weights  # noqa: E402
@@ -62,6 +63,10 @@ if __name__ == "__main__":
             args.also: partial(load_classifier, args.also, device="cpu"),
         }
         served = ModelSet(loaders, memory_mb_of=lambda model: model.memory_mb, timed=time_one_photo)
-    demo = app.build_demo(served, model_name="EfficientNet-Lite0", upload_max_side=args.upload_max_side)
-    options = app.launch_options(delete_cache=tuple(args.delete_cache), sessions=tuple(args.sessions))
+    photos_first = PhotosFirst()
+    page = {"model_name": "EfficientNet-Lite0", "upload_max_side": args.upload_max_side}
+    demo = app.build_demo(served, **page, photos_first=photos_first)
+    options = app.launch_options(
+        delete_cache=tuple(args.delete_cache), sessions=tuple(args.sessions), photos_first=photos_first
+    )
     demo.launch(server_name="127.0.0.1", server_port=args.port, **options)

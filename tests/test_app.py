@@ -17,10 +17,11 @@ from gradio_client.exceptions import AppError
 
 import app
 from conftest import EXAMPLES, EXPECTED, ROOT
+from image_classifier.live import PhotosFirst
 from image_classifier.page.components import ImageFile, ModelChoice
 from image_classifier.page.models import as_model_set, model_card
 from image_classifier.page.server import delete_old_files
-from servers import free_port, wait_until_serving
+from servers import free_port, serving, wait_until_serving
 
 
 def assert_top5(result, expected_top=None):
@@ -421,3 +422,27 @@ def test_without_options_the_defaults_act_and_no_link_is_shared(torch_home, monk
     with launched(monkeypatch) as page:
         assert upload(page.local_url, (EXAMPLES / "coffee.jpg").read_bytes()) == 200
         assert page._queue.max_size == 32 and page.tunnels == [] and page.share_url is None
+
+
+def test_the_server_tells_live_frames_when_a_photo_is_on_its_way(oracle):
+    """Live frames give way to a photo from the moment its upload begins (image_classifier/live.py): the
+    server says so when an upload begins and when it has arrived, and on no other request."""
+
+    class Watched(PhotosFirst):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told = 0
+
+        def photo_coming(self) -> None:
+            self.told += 1
+            super().photo_coming()
+
+    photos_first = Watched()
+    demo = app.build_demo(oracle, examples=[], photos_first=photos_first)
+    with serving(demo, photos_first) as url:
+        urllib.request.urlopen(url + "config", timeout=30).read()
+        assert photos_first.told == 0
+        assert upload(url, (EXAMPLES / "cat.jpg").read_bytes()) == 200
+        assert photos_first.told == 2  # as it began and as it arrived
+        assert upload(url, b"not a photo") == 200  # whatever it holds: frames give way for a second at most
+        assert photos_first.told == 4

@@ -432,6 +432,44 @@ def test_live_tab_follows_the_webcam_stops_and_starts_again_while_photos_still_w
     assert frames_per_second(page) > 1
 
 
+def test_the_live_page_sends_frames_only_as_fast_as_the_server_handles_them(page, monkeypatch):
+    """While the server holds the stream's frames (a photo going first, say), the page stops capturing and
+    sending them, instead of one every 50 ms for the server to drop; then it goes on by itself."""
+    from contextlib import contextmanager
+
+    from image_classifier.live import PhotosFirst
+    from image_classifier.page import settings
+
+    frame, open_ = PhotosFirst.frame, threading.Event()
+    open_.set()
+
+    @contextmanager
+    def held_frame(self, stream=None):
+        open_.wait(30)
+        with frame(self, stream) as fresh:
+            yield fresh
+
+    monkeypatch.setattr(PhotosFirst, "frame", held_frame)
+    sent = []
+    page.on("request", lambda request: "/stream/" in request.url and sent.append(request.url))
+    page.get_by_role("tab", name="Live").click()
+    allow_webcam(page)
+    record_button(page).click()
+    expect(page.locator(LIVE_BARS)).to_have_count(5, timeout=60_000)
+    assert frames_per_second(page, 2.0) > 5  # the server keeps up: frames go at the camera's pace
+
+    open_.clear()  # the server holds every frame from now on
+    page.wait_for_timeout(500)
+    before, seconds = len(sent), 3.0
+    page.wait_for_timeout(seconds * 1000)
+    held = len(sent) - before
+    unpaced = seconds / settings.LIVE_STREAM_EVERY  # 60: what Gradio's webcam sends in 3 s
+    assert held <= settings.LIVE_IN_FLIGHT + seconds * 1000 / settings.LIVE_STALLED_MS + 1, (held, unpaced)
+
+    open_.set()  # frames are handled again: the stream goes on at its pace
+    assert frames_per_second(page, 2.0) > 5
+
+
 def settled_count(page, polls: int = 6, every_ms: int = 250, timeout_s: float = 30) -> int:
     """The answered-frames count once it has stayed the same for `polls` polls in a row."""
     deadline, last, same = time.monotonic() + timeout_s, answered_frames(page), 0

@@ -115,9 +115,9 @@ def watched(photos_first: PhotosFirst) -> WatchedCondition:
     return photos_first._changed
 
 
-def frame_in_thread(photos_first: PhotosFirst, ran: list) -> threading.Thread:
+def frame_in_thread(photos_first: PhotosFirst, ran: list, stream: str | None = None) -> threading.Thread:
     def frame():
-        with photos_first.frame() as fresh:
+        with photos_first.frame(stream) as fresh:
             ran.append(fresh)
 
     return run_in_thread(frame)
@@ -190,6 +190,64 @@ def test_live_frames_take_turns_on_their_slots():
     assert ran == [("first", True), True]  # ...and runs after the first, still fresh
 
 
+def test_one_stream_a_slot_gets_a_frame_every_50_ms(clock):
+    photos_first = PhotosFirst(live_slots=1, frames_per_second_per_slot=20, shared_per_slot=10)
+    changed = watched(photos_first)
+    with photos_first.frame("alone") as fresh:
+        assert fresh
+    ran = []
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran, "alone")  # the next one, at once: not before 50 ms
+    assert changed.waiting.wait(30) and ran == []  # (the clock stands)
+    clock[0] += 0.05
+    frame.join(30)
+    assert ran == [True]  # it ran, fresh: waiting for its turn is not giving way to a photo
+
+
+def test_more_streams_than_slots_share_10_frames_a_second(clock):
+    photos_first = PhotosFirst(live_slots=1, frames_per_second_per_slot=20, shared_per_slot=10)
+    changed = watched(photos_first)
+    with photos_first.frame("first"):
+        pass
+    ran = []
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran, "second")  # two streams on one slot: 100 ms apart
+    assert changed.waiting.wait(30)
+    changed.waiting.clear()
+    clock[0] += 0.05
+    assert changed.waiting.wait(30) and ran == []  # 50 ms on, it still waits
+    clock[0] += 0.06
+    frame.join(30)
+    assert ran == [True]
+    two_slots = PhotosFirst(live_slots=2, frames_per_second_per_slot=20, shared_per_slot=10)
+    assert two_slots.frame_spacing == pytest.approx(0.025) and two_slots.shared_frame_spacing == 0.05
+
+
+def test_frames_give_way_from_the_moment_a_photos_upload_begins(clock):
+    photos_first = PhotosFirst(live_slots=1, grace=0.05, coming_for=1.0)
+    changed = watched(photos_first)
+    photos_first.photo_coming()  # the server saw its upload begin: the photo is not being classified yet
+    ran = []
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran)
+    assert changed.waiting.wait(30) and ran == []  # held while the photo is on its way
+    done = threading.Event()
+    done.set()
+    photo_in_thread(photos_first, done).join(30)  # it came and was classified
+    clock[0] += 0.1  # past its grace
+    frame.join(30)
+    assert ran == [False]  # stale: dropped
+
+    photos_first.photo_coming()  # an upload that never becomes a photo holds frames for `coming_for` only
+    ran.clear()
+    changed.waiting.clear()
+    frame = frame_in_thread(photos_first, ran)
+    assert changed.waiting.wait(30) and ran == []
+    clock[0] += 1.0
+    frame.join(30)
+    assert ran == [False]
+
+
 def test_a_flow_of_photos_slows_the_stream_down_without_stopping_it(clock):
     photos_first = PhotosFirst(live_slots=1, max_wait=0.2)
     changed = watched(photos_first)
@@ -226,12 +284,13 @@ def test_the_stream_function_takes_missing_tiny_resized_and_broken_frames(random
     (step,) = [block_fn.fn for block_fn in demo.fns.values() if block_fn.name == "classify_frame"]
     figures = LiveFigures()
     frames = [None, encoded(1, 1), encoded(320, 240), None, encoded(640, 480), b"garbage", encoded(240, 320)]
-    for frame in frames:
-        bars, readout = step(frame, figures, "densenet121")
+    for number, frame in enumerate(frames, start=1):
+        bars, readout, handled = step(frame, figures, "densenet121")
         if frame is None or frame == b"garbage":
             assert bars == gr.skip() and readout == gr.skip()
         else:
             assert len(bars) == 5
+        assert handled == str(number)  # every frame handled, answered or not: the page paces its frames by it
     assert figures.frames == 4
 
 

@@ -12,6 +12,7 @@ import gradio as gr
 from classifier import Classifier
 from image_classifier.allocator import tune_malloc
 from image_classifier.batch import DEFAULT_MAX_BATCH_FILES
+from image_classifier.live import PhotosFirst
 from image_classifier.metrics import PageMetrics
 
 from .answers import Answers
@@ -52,6 +53,7 @@ def build_demo(
     metrics: PageMetrics | None = None,
     concurrency: int | None = None,
     max_pixels: int | None = None,
+    photos_first: PhotosFirst | None = None,
 ) -> gr.Blocks:
     """The page around one classifier (called `model_name`) or a set of models, queued; launch it with
     `launch_options()`.
@@ -65,12 +67,15 @@ def build_demo(
     event that runs a model takes at once (default: two, `MODEL_CONCURRENCY`; models on Serve replicas take
     more, so that batches form). `max_pixels` is the default model's limit,
     for the browser's shrinking (default: asked of the model, which remote models answer only once loaded).
+    `photos_first` is how live frames give way to photos (a new one by default); hand the same one to
+    `launch_options` for frames to give way from the moment a photo's upload begins.
     """
     tune_malloc()  # where the caller has not (image_classifier/allocator.py): flat memory under load
     models = as_model_set(classifier, model_name)
     models.load_default()
     limits = Limits(top_k, max_batch_files, upload_max_side, live_time_limit, max_streams)
-    answers = Answers(models, top_k, metrics=metrics)  # one per page: live streams give way to its photos
+    # One per page: live streams give way to its photos.
+    answers = Answers(models, top_k, photos_first=photos_first or PhotosFirst(), metrics=metrics)
     if concurrency is not None:
         answers = replace(answers, concurrency=concurrency)
     # Uploads and results are deleted by `server.clean_cache` (see launch_options), not Gradio's delete_cache.

@@ -10,7 +10,14 @@ from image_classifier.live import LiveFigures, answer_frame
 
 from .answers import Answers
 from .components import WebcamFrames
-from .settings import LIVE_CAMERA, LIVE_STREAM_EVERY, PAGE_ONLY, Limits
+from .settings import (
+    LIVE_CAMERA,
+    LIVE_IN_FLIGHT,
+    LIVE_STALLED_MS,
+    LIVE_STREAM_EVERY,
+    PAGE_ONLY,
+    Limits,
+)
 
 LIVE_ACCESSIBILITY = """
 const panel = element.closest('[role="tabpanel"]') || document.body;
@@ -25,6 +32,56 @@ fix();
 """
 """A fix to Gradio's markup in the Live tab (WCAG 2.1): the streaming webcam's Record/Stop button is named
 "capture photo" whatever it shows (2.5.3, label in name)."""
+
+LIVE_PACING = """{
+const panel = element.closest('[role="tabpanel"]') || document.body;
+const IN_FLIGHT = {in_flight}, STALLED_MS = {stalled_ms};
+const videoWidth = Object.getOwnPropertyDescriptor(HTMLVideoElement.prototype, "videoWidth").get;
+let sent = 0, lastAnswer = 0, counting = true;
+const paced = new WeakSet();
+const pace = (video) => {
+  if (paced.has(video)) return;
+  paced.add(video);
+  Object.defineProperty(video, "videoWidth", {configurable: true, get() {
+    if (counting) {  // the first read in a task: Gradio's capture asking whether it may go
+      if (sent >= IN_FLIGHT) {
+        if (performance.now() - lastAnswer < STALLED_MS) return 0;
+        sent = 0;  // no answer for too long: start afresh
+        lastAnswer = performance.now();
+      }
+      sent += 1;
+      counting = false;
+      queueMicrotask(() => { counting = true; });
+    }
+    return videoWidth.call(this);
+  }});
+};
+let handledBefore = 0;
+const answered = (handled) => {  // the count of frames the server handled, its status tracker aside
+  const count = parseInt(handled.querySelector(".html-container")?.textContent, 10);
+  if (!(count > 0) || count === handledBefore) return;
+  sent = Math.max(0, sent - (count > handledBefore ? count - handledBefore : 1));
+  handledBefore = count;
+  lastAnswer = performance.now();
+};
+const watch = () => {
+  for (const video of panel.querySelectorAll("#live-camera video")) pace(video);
+  const handled = panel.querySelector("#live-handled");
+  if (handled && !paced.has(handled)) {
+    paced.add(handled);
+    const changes = {subtree: true, childList: true, characterData: true};
+    new MutationObserver(() => answered(handled)).observe(handled, changes);
+  }
+};
+new MutationObserver(watch).observe(panel, {subtree: true, childList: true});
+watch();
+}""".replace("{in_flight}", str(LIVE_IN_FLIGHT)).replace("{stalled_ms}", str(LIVE_STALLED_MS))
+"""Frames sent as fast as the server answers them: Gradio's streaming webcam captures, encodes and sends a
+frame every `stream_every` whatever becomes of it (about 30 ms of the browser's CPU each), and the server
+keeps only the newest. Here a capture waits while `LIVE_IN_FLIGHT` frames are sent and not yet handled (or
+`LIVE_STALLED_MS`, whichever comes first): the server's answer to each frame, even one it skipped, changes
+a hidden count (#live-handled). Gradio's capture asks the video's width first and skips a video without
+one, so the video answers 0 while the page waits."""
 
 
 def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
@@ -50,28 +107,34 @@ def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:
                     num_top_classes=limits.top_k, label=f"Top {limits.top_k}, live", elem_id="live-bars"
                 )
                 readout = gr.Markdown(elem_id="live-readout")
-        gr.HTML("", js_on_load=LIVE_ACCESSIBILITY, container=False, padding=False)
+        handled = gr.HTML("0", visible="hidden", elem_id="live-handled", container=False, padding=False)
+        gr.HTML("", js_on_load=LIVE_ACCESSIBILITY + LIVE_PACING, container=False, padding=False)
         figures = gr.State(LiveFigures())  # one per browser tab
 
     def classify_frame(frame: bytes | None, figures: LiveFigures, name: str, request: gr.Request = None):
         if answers.metrics is not None and request is not None:
             answers.metrics.live_frame(request.session_hash)  # a running stream, never shown
+        figures.handled += 1
         try:
             answer = answer_frame(
-                answers.classifier(name), frame, top_k=answers.top_k, photos_first=answers.photos_first
+                answers.classifier(name),
+                frame,
+                top_k=answers.top_k,
+                photos_first=answers.photos_first,
+                stream=request and request.session_hash,
             )
         except NonFiniteResultError as e:  # the stream stops with the reason, once, not a NaN per frame
             raise gr.Error(str(e), title="No answer", print_exception=False) from None
         if answer is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), str(figures.handled)
         figures.record(answer)
         text = figures.readout()
-        return answer.predictions, gr.skip() if text is None else text
+        return answer.predictions, gr.skip() if text is None else text, str(figures.handled)
 
     camera.stream(
         classify_frame,
         [camera, figures, chosen],
-        [bars, readout],
+        [bars, readout, handled],
         stream_every=LIVE_STREAM_EVERY,
         time_limit=limits.live_time_limit,
         concurrency_limit=limits.max_streams,

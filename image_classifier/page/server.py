@@ -13,8 +13,11 @@ from collections.abc import Sequence
 
 import gradio as gr
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from image_classifier.live import PhotosFirst
 from image_classifier.sessions import SESSION_CLOSED_S, SESSION_IDLE_S, forgetting_sessions
 
 from .settings import DELETE_CACHE, MAX_FILE_SIZE, MAX_SESSIONS
@@ -36,12 +39,14 @@ def launch_options(
     delete_cache: tuple[float, float] = DELETE_CACHE,
     routes: Sequence[BaseRoute] = (),
     sessions: tuple[float, float] = (SESSION_IDLE_S, SESSION_CLOSED_S),
+    photos_first: PhotosFirst | None = None,
 ) -> dict:
     """What every launch of the page passes to `launch()`: the accessible theme, the page's CSS, the upload
     limit, no run history, the cleanup of uploads and results (every `delete_cache[0]` seconds, those older
     than `delete_cache[1]`), how long sessions are remembered (`sessions`: the seconds unused after which any
-    session is forgotten, and one whose tab was closed; image_classifier/sessions.py), and `routes` on the
-    server beside the page's (/healthz, /readyz, /metrics).
+    session is forgotten, and one whose tab was closed; image_classifier/sessions.py), `routes` on the
+    server beside the page's (/healthz, /readyz, /metrics), and `photos_first` (the one the page was built
+    with) told when a photo's upload begins, so that live frames give way to it from then on.
 
     Gradio 6.24+ records calls (their photos and answers) in the browser for a "runs" page unless told not
     to; this page keeps nothing, there either (`run_history=False` also deletes what an earlier version
@@ -59,8 +64,28 @@ def launch_options(
                 forgetting_sessions(every=min(10.0, closed_s / 4), idle_s=idle_s, closed_s=closed_s),
             ),
             "routes": list(routes),
+            "middleware": [Middleware(PhotoArrivals, photos_first=photos_first)] if photos_first else [],
         },
     }
+
+
+class PhotoArrivals:
+    """ASGI middleware that tells `photos_first` when an upload begins and when it has arrived: a photo is
+    coming, and the page's event and the queue still lie before its handler (image_classifier/live.py)."""
+
+    def __init__(self, app: ASGIApp, photos_first: PhotosFirst) -> None:
+        self.app, self.photos_first = app, photos_first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        upload = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload")
+        if not upload:
+            await self.app(scope, receive, send)
+            return
+        self.photos_first.photo_coming()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.photos_first.photo_coming()  # counted again from its arrival
 
 
 def both(first, second):
@@ -74,10 +99,15 @@ def both(first, second):
     return lifespan
 
 
-def mounted(demo: gr.Blocks, routes: Sequence[BaseRoute], max_file_size: str = MAX_FILE_SIZE) -> FastAPI:
+def mounted(
+    demo: gr.Blocks,
+    routes: Sequence[BaseRoute],
+    max_file_size: str = MAX_FILE_SIZE,
+    photos_first: PhotosFirst | None = None,
+) -> FastAPI:
     """The page mounted at / on a FastAPI app of its own with `routes` beside it, as an ASGI server (Ray
     Serve's ingress) runs it: the same options as `launch()` gets."""
-    options = launch_options(max_file_size)
+    options = launch_options(max_file_size, photos_first=photos_first)
     demo.state_session_capacity = options.pop("state_session_capacity")  # not an option of mount_gradio_app
     return gr.mount_gradio_app(FastAPI(routes=list(routes)), demo, "/", **options)
 

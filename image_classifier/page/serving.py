@@ -7,6 +7,7 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
+from image_classifier.live import PhotosFirst
 from image_classifier.metrics import PageMetrics, health_routes, loaded_models
 
 from .demo import build_demo
@@ -18,5 +19,6 @@ def serve_page(models, *, max_file_size: str = MAX_FILE_SIZE, **page_options) ->
     """The page around `models` (a `RemoteModels`), ready for `serve.ingress`; `page_options` go to
     `build_demo` (the limits, the queue, `concurrency`, `max_pixels`)."""
     metrics = PageMetrics(models.names, models=loaded_models(models), refusals=(gr.Error,))
-    demo = build_demo(models, metrics=metrics, **page_options)
-    return mounted(demo, health_routes(metrics, models.not_ready), max_file_size)
+    photos_first = PhotosFirst()  # live frames give way to photos from their upload on
+    demo = build_demo(models, metrics=metrics, photos_first=photos_first, **page_options)
+    return mounted(demo, health_routes(metrics, models.not_ready), max_file_size, photos_first)

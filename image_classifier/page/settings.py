@@ -38,9 +38,16 @@ so that people waiting for a free stream get their turn."""
 MAX_STREAMS = 2
 """Live streams served at once; more wait their turn."""
 LIVE_STREAM_EVERY = 0.05
-"""Seconds between the frames the browser sends: up to 20 a second. The server answers the newest frame it
-has and drops the others, so answers never queue up; every frame sent costs the browser a few milliseconds
-whether it is answered or not, so the page sends few more than the server can answer."""
+"""Seconds between the frames the browser sends: up to 20 a second, and no more than the server handles
+(`LIVE_IN_FLIGHT`): every frame sent costs the browser about 30 ms of CPU (measured in Chromium: capture,
+encode, Gradio's front end, the request) whether it is answered or not. The server answers the newest frame
+it has, so answers never queue up."""
+LIVE_IN_FLIGHT = 2
+"""Frames the page has sent and the server not yet handled before it captures another: two keep the server
+busy (the next frame is there when one is done) without sending frames it would drop."""
+LIVE_STALLED_MS = 1000
+"""After this long without an answer the page sends a frame anyway (a frame lost, a stream waiting its
+turn): a stream never stalls for good."""
 LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
 """What the browser asks of the webcam: a small picture (the model sees 224×224 anyway), cheap to encode,
 send and decode. Gradio's default asks for 1920×1440, which takes 60 ms a frame to encode alone."""
