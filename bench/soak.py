@@ -87,6 +87,7 @@ def print_report(report: dict) -> None:
         f"{report['kinds_of_request']} kinds of request\n"
         f"endpoints:     {', '.join(report['endpoints_used'])} (offered: {', '.join(report['endpoints'])})\n"
         f"verdicts:      {report['verdicts']} (warm-up: {report['warmup_verdicts']})\n"
+        f"Live stream:   {report['live'] or 'none (not this page)'}\n"
         f"latency:       p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s, max {latency['max']:.2f} s\n"
         f"RSS:           {warm['rss_mb']:.0f} MB after warm-up -> {end['rss_mb']:.0f} MB at the end "
         f"({report['rss_growth_percent']:+.1f} %; first half "

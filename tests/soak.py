@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, EXPECTED
 from hostile import corpus, encode
-from page_visit import ANY_CLASS, many_photos, offers_visits, visit
+from page_visit import ANY_CLASS, live_stream, many_photos, offers_visits, visit
 from servers import ServedApp, folder_files, folder_usage, process_figures
 
 SETTLE_S = 45
@@ -33,6 +34,10 @@ SETTLE_S = 45
 keep-alive connections after 5 s, and notices a closed heartbeat stream at its next beat (15 s)."""
 PHOTO_SIDES = {"small": 160, "large": 2400}
 """Good photos go as they are (about 450 px) and resized to these longest sides."""
+LIVE_FRAME = (320, 240)
+"""The Live stream's webcam frame: a photo at the size the page asks of the webcam."""
+FRAMES_PER_STREAM = 100
+"""Frames one Live visitor streams before pressing Stop; then another visitor starts."""
 
 
 @dataclass(frozen=True)
@@ -199,14 +204,16 @@ def request_mix(photos: Sequence[Photo], endpoints: dict[str, dict], served_mode
     return [request for request in mix if request.endpoint in endpoints or request.visit]
 
 
-def page_visits(photos: Sequence[Photo], url: str) -> list[Request]:
-    """A visit to the Photo tab per photo (its events, not the API: tests/page_visit.py)."""
+def page_visits(photos: Sequence[Photo], url: str, switch_to: str | None = None) -> list[Request]:
+    """A visit to the Photo tab per photo (its events, not the API: tests/page_visit.py), choosing the model
+    `switch_to` at the end where there is one."""
     if not offers_visits(url):
         return []
     full_size = [p for p in photos if "-" not in p.name]
+    look = partial(visit, switch_to=switch_to)
     return [
         *(
-            Request(f"page {p.name}", "page", _file(p.name, p.data, True), _checks_visit(p), visit=visit)
+            Request(f"page {p.name}", "page", _file(p.name, p.data, True), _checks_visit(p), visit=look)
             for p in full_size
         ),
         *(
@@ -239,6 +246,8 @@ def _checks_visit(photo: Photo) -> Callable[[dict], None]:
         assert max(shown["picture_size"]) <= 768, shown["picture_size"]
         assert f"“{shown['clicked']}”" in shown["clicked_caption"], shown["clicked_caption"]
         assert f"“{ANY_CLASS}” (probability" in shown["picked_caption"], shown["picked_caption"]
+        if shown["switched_bars"] is not None:
+            _check_top5(shown["switched_bars"])
 
     return check
 
@@ -396,6 +405,70 @@ class Monitor(threading.Thread):
         return self.samples
 
 
+class LiveStreamer(threading.Thread):
+    """A Live stream beside the soak's other requests: one visitor after another streams `frames` frames of
+    `photo` (tests/page_visit.py), every answered frame's bars checked against the oracle's. `pause()` lets
+    the current stream end and waits (the server's figures are read with no client connected)."""
+
+    def __init__(self, url: str, photo: Photo, frames: int = FRAMES_PER_STREAM, timeout: float = 120) -> None:
+        super().__init__(daemon=True)
+        self.url, self.photo, self.frames, self.timeout = url, photo, frames, timeout
+        self.figures = Counter()
+        self.problems: list[Outcome] = []
+        self._running, self._idle, self._stopping = threading.Event(), threading.Event(), threading.Event()
+        self._running.set()
+
+    def run(self) -> None:
+        check = _checks_photo(self.photo)
+        while not self._stopping.is_set():
+            if not self._running.is_set():
+                self._idle.set()
+                self._running.wait(1)
+                continue
+            self._idle.clear()
+            started = time.monotonic()
+            try:
+                stream = live_stream(self.url, self.photo.data, self.frames, self.timeout)
+                for bars in stream["answers"]:
+                    check(bars)
+            except AssertionError as e:
+                self._problem("wrong answer", started, str(e))
+            except Exception as e:  # a dropped connection, a timeout: counted
+                self._problem("unexpected failure", started, f"{type(e).__name__}: {e}")
+            else:
+                self.figures.update(
+                    streams=1,
+                    handled=stream["handled"],
+                    answered=len(stream["answers"]),
+                    ended=stream["ended"],
+                )
+
+    def _problem(self, verdict: str, started: float, detail: str) -> None:
+        self.figures[verdict] += 1
+        self.problems.append(Outcome("live stream", verdict, time.monotonic() - started, detail))
+
+    def pause(self) -> None:
+        self._running.clear()
+        self._idle.wait(self.timeout + 30)
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> dict:
+        self._stopping.set()
+        self._running.set()
+        self.join(self.timeout + 30)
+        return dict(self.figures)
+
+
+def live_frame(oracle) -> Photo:
+    """The Live stream's frame, with the oracle's answer for it."""
+    path = EXAMPLES / "cat.jpg"
+    frame = encode(Image.open(path).convert("RGB").resize(LIVE_FRAME, Image.BILINEAR), "JPEG", quality=92)
+    top, confidence = next(iter(oracle.predict(frame).items()))
+    return Photo("cat-webcam.jpg", frame, top, confidence)
+
+
 def settled_figures(pid: int, probe: Callable[[], Any] | None = None, quiet_s: float = 16) -> dict:
     """The server's figures once its open files and threads stop changing (for `quiet_s`, at most SETTLE_S):
     connections of clients that just left take seconds to close. Worker threads idle for 10 s end only when
@@ -438,10 +511,20 @@ def soak(
     """
     endpoints = endpoints_of(served.url)
     photos = good_photos(oracle)
-    mix = request_mix(photos, endpoints, served_model) + page_visits(photos, served.url)
+    others = [model for model in _choices(endpoints.get("/classify"), 1) if model != served_model]
+    visits = page_visits(photos, served.url, switch_to=next(iter(others), None))
+    mix = request_mix(photos, endpoints, served_model) + visits
     kept = folder_files(served.cache)  # the example photos Gradio keeps for the page, never deleted
+    # A Live stream throughout, warm-up included (its first frames set up the one-thread forward pass).
+    streamer = LiveStreamer(served.url, live_frame(oracle)) if offers_visits(served.url) else None
+    if streamer:
+        streamer.start()
     warmup_outcomes = run(served.url, schedule(mix, warmup, seed + 1), clients, scratch)
+    if streamer:
+        streamer.pause()
     warm = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))
+    if streamer:
+        streamer.resume()
     order = schedule(mix, requests, seed)
     monitor = Monitor(served, kept)
     monitor.start()
@@ -450,9 +533,14 @@ def soak(
     # under load swing with the buffers of the requests in flight (each decode buffer is mapped on its own).
     half = len(order) // 2
     outcomes = run(served.url, order[:half], clients, scratch, done=monitor.count)
+    if streamer:
+        streamer.pause()
     middle = settled_figures(served.pid, quiet_s=3)
+    if streamer:
+        streamer.resume()
     outcomes += run(served.url, order[half:], clients, scratch, done=monitor.count)
     elapsed = time.monotonic() - started
+    live = streamer.stop() if streamer else {}
     samples = monitor.stop()
     end = settled_figures(served.pid, probe=lambda: run(served.url, mix[:1], 1, scratch))
     every, older_than = delete_cache
@@ -461,6 +549,7 @@ def soak(
 
     seconds = sorted(outcome.seconds for outcome in outcomes)
     problems = [o for o in warmup_outcomes + outcomes if o.verdict in ("wrong answer", "unexpected failure")]
+    problems += streamer.problems if streamer else []
     # Before the first file can be old enough to go, the cache grows by what each request leaves.
     before_cleanup = [s for s in samples if s["time"] - started < older_than]
     first_window = before_cleanup[-1] if before_cleanup else samples[0]
@@ -483,6 +572,7 @@ def soak(
             )
             for endpoint in sorted({r.endpoint for r in mix})
         },
+        "live": live,
         "problems": [o.__dict__ for o in problems[:20]],
         "latency_s": {
             "p50": round(statistics.median(seconds), 3),
@@ -533,8 +623,11 @@ def targets(report: dict) -> dict[str, bool]:
     every, older_than = cache["delete_cache"]
     both_phases = (report["warmup_verdicts"], report["verdicts"])
     return {
-        "no unexpected failures": all(v.get("unexpected failure", 0) == 0 for v in both_phases),
-        "every answer right": all(v.get("wrong answer", 0) == 0 for v in both_phases),
+        "no unexpected failures": all(
+            v.get("unexpected failure", 0) == 0 for v in (*both_phases, report["live"])
+        ),
+        "every answer right": all(v.get("wrong answer", 0) == 0 for v in (*both_phases, report["live"])),
+        "the Live stream answered throughout": not report["live"] or report["live"].get("answered", 0) > 0,
         f"RSS grows at most {RSS_GROWTH_PERCENT} % after the warm-up": (
             report["rss_growth_percent"] <= RSS_GROWTH_PERCENT
         ),
