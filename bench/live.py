@@ -20,6 +20,9 @@ in the app's default configuration (fast engine: OpenVINO fp32 on the CPU), serv
    page had already captured when the answer was shown, and the answer's age in milliseconds.
 4. Another user's photo (Photo tab, a separate browser context) idle, then while two live streams run:
    time from choosing the file to the bars on screen, median of a few.
+5. With --parts N: what each part of "photos first" is worth, section 4 again for N interleaved rounds on
+   pages built without one part each: the page pacing its frames by the answers, the streams sharing a
+   lower frame rate, frames giving way from a photo's upload on (not only while it is classified).
 
 Prints everything with the CPU model and the load average, and writes OUT/live.json.
 """
@@ -34,7 +37,7 @@ import statistics
 import sys
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,12 +439,57 @@ def photo_with_streams(browser, url: str, photo: Path, warm_up: float) -> tuple[
     return latency, rates
 
 
+def part_pages(classifier: Classifier) -> dict[str, tuple[gr.Blocks, live.PhotosFirst | None]]:
+    """The page as shipped and without each part of "photos first": (page, what its server is told)."""
+    from image_classifier.page import live as live_tab
+
+    pages = {}
+    for name, pacing, shared, told in (
+        ("as shipped", True, live.SHARED_FRAMES_PER_SECOND_PER_SLOT, True),
+        ("frames not paced by the page", False, live.SHARED_FRAMES_PER_SECOND_PER_SLOT, True),
+        ("no shared frame rate", True, live.FRAMES_PER_SECOND_PER_SLOT, True),
+        ("frames give way only while it is classified", True, live.SHARED_FRAMES_PER_SECOND_PER_SLOT, False),
+        ("none of the three", False, live.FRAMES_PER_SECOND_PER_SLOT, False),
+    ):
+        shipped, live_tab.LIVE_PACING = live_tab.LIVE_PACING, live_tab.LIVE_PACING if pacing else ""
+        photos_first = live.PhotosFirst(shared_per_slot=shared)
+        pages[name] = (app.build_demo(classifier, photos_first=photos_first), photos_first if told else None)
+        live_tab.LIVE_PACING = shipped
+    return pages
+
+
+def photos_first_parts(
+    browser, classifier: Classifier, photos: list[Path], rounds: int, warm_up: float
+) -> dict:
+    """Section 5: section 4's photo, idle and beside two streams, on each of `part_pages`, interleaved."""
+    print(f"\n5. What each part of photos-first is worth ({rounds} rounds; photo idle / two streams)")
+    pages = part_pages(classifier)
+    results: dict[str, dict[str, list]] = {name: {"idle_ms": [], "with_two_streams_ms": []} for name in pages}
+    with ExitStack() as servers:
+        urls = {name: servers.enter_context(serving(demo, told)) for name, (demo, told) in pages.items()}
+        for url in urls.values():
+            photo_latency(browser, url, photos[:1])  # warm-up
+        for round in range(rounds):
+            photo = photos[round % len(photos)]
+            for name, url in urls.items():
+                results[name]["idle_ms"] += photo_latency(browser, url, [photo])
+                latency, _ = photo_with_streams(browser, url, photo, warm_up)
+                results[name]["with_two_streams_ms"].append(latency)
+    for name, figures in results.items():
+        idle, busy = median(figures["idle_ms"]), median(figures["with_two_streams_ms"])
+        figures["ratio"] = busy / idle
+        print(f"   {name:<46} {idle:5.0f} ms / {busy:5.0f} ms   {busy / idle:.2f}×")
+    print(f"   (load average {load_average()})")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per stream (default 15)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the three streams, interleaved")
     parser.add_argument("--photos", type=int, default=5, help="photo uploads per condition (default 5)")
+    parser.add_argument("--parts", type=int, default=0, help="rounds of section 5 (default 0: not run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where live.json goes")
     args = parser.parse_args()
     seconds, warm_up, uploads, rounds = (
@@ -575,6 +623,8 @@ def main() -> None:
             f"   ratio {results['photo']['ratio']:.2f}× (target ≤ 1.5×); meanwhile each stream answered "
             f"{median(rates):.1f} frames/s (median)"
         )
+        if args.parts:
+            results["parts"] = photos_first_parts(browser, classifier, photos, args.parts, warm_up)
         browser.close()
 
     results["machine"]["load_average_at_end"] = load_average()

@@ -98,9 +98,10 @@ def test_page_benchmark_runs(tmp_path):
 
 
 def test_live_benchmark_runs(tmp_path):
-    run("live.py", tmp_path)
+    run("live.py", tmp_path, "--parts", "1")
     results = json.loads((tmp_path / "live.json").read_text())
-    assert set(results) >= {"plain", "all_cores", "live", "photo"}
+    assert set(results) >= {"plain", "all_cores", "live", "photo", "parts"}
+    assert len(results["parts"]) == 5 and all(part["ratio"] > 0 for part in results["parts"].values())
     assert results["live"]["answered_per_s"] > 0 and results["live"]["rounds"][0]["step_ms"]["forward"] > 0
     assert results["photo"]["idle_ms"] and results["photo"]["with_two_streams_ms"]
 
