@@ -63,8 +63,9 @@ class PhotosFirst:
     handlers run inside `photo()`, and a frame waits, in `frame()`, while a photo is being classified and
     `grace` seconds more (while its answer is encoded and sent). A frame that had to wait for a photo is
     stale by then, so `frame()` yields False and the stream drops it: the next one comes within a moment.
-    Frames give way from the moment a photo's upload begins, too (`photo_coming()`, told by the server):
-    a photo waits for its upload, the page's event and the queue before its handler runs.
+    Frames give way from the moment a photo's upload begins, too (`photo_coming()` and `photo_arrived()`,
+    told by the server; any upload counts, and `max_wait` bounds what uploads can hold back): a photo waits
+    for its upload, the page's event and the queue before its handler runs.
     Frames start at most `frames_per_second_per_slot` a second on each slot, and `shared_per_slot` while
     more streams run than there are slots: more streams get fewer frames each, rather than a photo getting
     less of the machine.
@@ -93,6 +94,7 @@ class PhotosFirst:
         self.max_wait = max_wait
         self.coming_for = coming_for
         self._photos = 0
+        self._uploads = 0
         self._photo_expected_until = -float("inf")
         self._frames = 0
         self._last_photo_end = -float("inf")
@@ -107,9 +109,16 @@ class PhotosFirst:
         return self._frames > 0 or time.monotonic() - self._last_frame_end < 1.0
 
     def photo_coming(self) -> None:
-        """A photo is on its way (its upload has begun): frames give way from now, not only once it is
-        being classified, for at most `coming_for` seconds if it never comes (or until it has been)."""
+        """An upload has begun, a photo on its way, most likely: frames give way from now, not only once it
+        is being classified. Each `photo_coming()` is followed by a `photo_arrived()`."""
         with self._changed:
+            self._uploads += 1
+
+    def photo_arrived(self) -> None:
+        """An upload has ended (whatever it held): frames keep giving way until its photo has been
+        classified, or for `coming_for` seconds if none comes (the page's event and the queue lie between)."""
+        with self._changed:
+            self._uploads = max(0, self._uploads - 1)
             self._photo_expected_until = time.monotonic() + self.coming_for
 
     @contextmanager
@@ -124,7 +133,8 @@ class PhotosFirst:
             with self._changed:
                 self._photos -= 1
                 self._last_photo_end = time.monotonic()
-                self._photo_expected_until = -float("inf")  # it came (or another did): the grace follows
+                if not self._uploads:  # it came (or another did: a hint, not a ledger): the grace follows
+                    self._photo_expected_until = -float("inf")
                 self._changed.notify_all()
 
     def _spacing(self, stream: Hashable, now: float) -> float:
@@ -138,8 +148,9 @@ class PhotosFirst:
     @contextmanager
     def frame(self, stream: Hashable = None) -> Iterator[bool]:
         """A live frame of `stream` (its session, say) takes its turn: yields True when the frame may run,
-        False when it waited for a photo (then the stream should drop it). After `max_wait` seconds a frame
-        runs anyway, so that a steady flow of photos slows the streams down without stopping them."""
+        False when it waited for a photo, or an upload (then the stream should drop it, and it takes no turn).
+        After `max_wait` seconds a frame runs anyway, so that a steady flow of photos slows the streams down
+        without stopping them."""
         gave_way = False
         deadline = time.monotonic() + self.max_wait
         with self._changed:
@@ -149,12 +160,15 @@ class PhotosFirst:
                 if now >= deadline:
                     gave_way = False
                     break
-                if self._photos or now < self._photo_expected_until:
+                if self._photos or self._uploads or now < self._photo_expected_until:
                     gave_way = True
-                    until = deadline if self._photos else self._photo_expected_until
+                    until = deadline if self._photos or self._uploads else self._photo_expected_until
                 elif now - self._last_photo_end < self.grace:
                     gave_way = True
                     until = self._last_photo_end + self.grace
+                elif gave_way:  # stale by now: dropped at once, without taking a turn
+                    self._last_frame_end = now  # the stream is still running
+                    break
                 elif self._frames >= self.live_slots:
                     until = deadline
                 elif now < self._last_frame_start + spacing:
@@ -162,10 +176,14 @@ class PhotosFirst:
                 else:
                     break
                 self._changed.wait(min(until, deadline) - now)
-            self._frames += 1
-            self._last_frame_start = now
+            if not gave_way:
+                self._frames += 1
+                self._last_frame_start = now
+        if gave_way:
+            yield False
+            return
         try:
-            yield not gave_way
+            yield True
         finally:
             with self._changed:
                 self._frames -= 1

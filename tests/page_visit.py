@@ -113,7 +113,8 @@ def many_photos(url: str, photo: Path) -> dict:
 
 def live_stream(url: str, frame: bytes, frames: int, timeout: float = 120) -> dict:
     """A visitor on the Live tab: Record, `frames` frames of the webcam (`frame`, a JPEG, every time), each
-    sent once the server has handled the one before (as the page paces them), then Stop, and the tab closed.
+    sent once the server has handled the one before (one in flight; the page keeps up to two), then Stop,
+    and the tab closed.
     What the page was told: each answered frame's bars, how many frames the server handled, and whether the
     stream ended by itself first (its time limit)."""
     session = QueueSession(url, timeout=timeout)
@@ -141,8 +142,9 @@ def live_stream(url: str, frame: bytes, frames: int, timeout: float = 120) -> di
             handled = int(shown(count))
             if isinstance(shown(bars), dict):
                 answers.append(shown(bars))
-            status, _ = session._request("POST", stream, body, {"Content-Type": "application/json"})
-            assert status == 200, status
+            if handled < frames:
+                status, _ = session._request("POST", stream, body, {"Content-Type": "application/json"})
+                assert status == 200, status
         if not ended:
             status, _ = session._request("POST", stream + "/close")
             assert status == 200, status

@@ -431,18 +431,22 @@ def test_the_server_tells_live_frames_when_a_photo_is_on_its_way(oracle):
     class Watched(PhotosFirst):
         def __init__(self) -> None:
             super().__init__()
-            self.told = 0
+            self.told: list[str] = []
 
         def photo_coming(self) -> None:
-            self.told += 1
+            self.told.append("coming")
             super().photo_coming()
+
+        def photo_arrived(self) -> None:
+            self.told.append("arrived")
+            super().photo_arrived()
 
     photos_first = Watched()
     demo = app.build_demo(oracle, examples=[], photos_first=photos_first)
     with serving(demo, photos_first) as url:
         urllib.request.urlopen(url + "config", timeout=30).read()
-        assert photos_first.told == 0
+        assert photos_first.told == []
         assert upload(url, (EXAMPLES / "cat.jpg").read_bytes()) == 200
-        assert photos_first.told == 2  # as it began and as it arrived
+        assert photos_first.told == ["coming", "arrived"]
         assert upload(url, b"not a photo") == 200  # whatever it holds: frames give way for a second at most
-        assert photos_first.told == 4
+        assert photos_first.told == ["coming", "arrived"] * 2 and photos_first._uploads == 0

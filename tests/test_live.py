@@ -230,15 +230,20 @@ def test_frames_give_way_from_the_moment_a_photos_upload_begins(clock):
     ran = []
     changed.waiting.clear()
     frame = frame_in_thread(photos_first, ran)
-    assert changed.waiting.wait(30) and ran == []  # held while the photo is on its way
+    assert changed.waiting.wait(30) and ran == []  # held while it uploads...
+    changed.waiting.clear()
+    clock[0] += 2.0  # (a slow uplink)
+    photos_first.photo_arrived()
+    assert changed.waiting.wait(30) and ran == []  # ...and after, until its photo has been classified
     done = threading.Event()
     done.set()
-    photo_in_thread(photos_first, done).join(30)  # it came and was classified
+    photo_in_thread(photos_first, done).join(30)
     clock[0] += 0.1  # past its grace
     frame.join(30)
     assert ran == [False]  # stale: dropped
 
     photos_first.photo_coming()  # an upload that never becomes a photo holds frames for `coming_for` only
+    photos_first.photo_arrived()
     ran.clear()
     changed.waiting.clear()
     frame = frame_in_thread(photos_first, ran)
@@ -246,6 +251,8 @@ def test_frames_give_way_from_the_moment_a_photos_upload_begins(clock):
     clock[0] += 1.0
     frame.join(30)
     assert ran == [False]
+    with photos_first.frame() as fresh:  # a dropped frame took no turn: the next one runs at once
+        assert fresh
 
 
 def test_a_flow_of_photos_slows_the_stream_down_without_stopping_it(clock):

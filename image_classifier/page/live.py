@@ -36,39 +36,49 @@ fix();
 LIVE_PACING = """{
 const panel = element.closest('[role="tabpanel"]') || document.body;
 const IN_FLIGHT = {in_flight}, STALLED_MS = {stalled_ms};
-const videoWidth = Object.getOwnPropertyDescriptor(HTMLVideoElement.prototype, "videoWidth").get;
-let sent = 0, lastAnswer = 0, counting = true;
-const paced = new WeakSet();
-const pace = (video) => {
-  if (paced.has(video)) return;
-  paced.add(video);
-  Object.defineProperty(video, "videoWidth", {configurable: true, get() {
-    if (counting) {  // the first read in a task: Gradio's capture asking whether it may go
-      if (sent >= IN_FLIGHT) {
-        if (performance.now() - lastAnswer < STALLED_MS) return 0;
-        sent = 0;  // no answer for too long: start afresh
-        lastAnswer = performance.now();
-      }
-      sent += 1;
-      counting = false;
-      queueMicrotask(() => { counting = true; });
+const pacing = (window.livePacing ??= {sent: 0, lastAnswer: 0, asking: false, handledBefore: 0});
+if (!pacing.installed) {
+  pacing.installed = true;
+  const toDataURL = HTMLCanvasElement.prototype.toDataURL;
+  HTMLCanvasElement.prototype.toDataURL = function (...args) {
+    if (pacing.asking && args[0] === "image/jpeg") {  // Gradio's streaming capture, sending a frame
+      pacing.asking = false;
+      pacing.sent += 1;
     }
-    return videoWidth.call(this);
+    return toDataURL.apply(this, args);
+  };
+}
+const videoWidth = Object.getOwnPropertyDescriptor(HTMLVideoElement.prototype, "videoWidth").get;
+const pace = (video) => {
+  if (video.livePaced) return;
+  video.livePaced = true;
+  Object.defineProperty(video, "videoWidth", {configurable: true, get() {
+    const width = videoWidth.call(this);
+    if (width && !pacing.asking) {  // the first read in a task: Gradio's capture asking whether it may go
+      if (pacing.sent >= IN_FLIGHT) {
+        if (performance.now() - pacing.lastAnswer < STALLED_MS) return 0;
+        pacing.sent = 0;  // no answer for too long: start afresh
+        pacing.lastAnswer = performance.now();
+      }
+      pacing.asking = true;
+      queueMicrotask(() => { pacing.asking = false; });
+    }
+    return width;
   }});
 };
-let handledBefore = 0;
 const answered = (handled) => {  // the count of frames the server handled, its status tracker aside
   const count = parseInt(handled.querySelector(".html-container")?.textContent, 10);
-  if (!(count > 0) || count === handledBefore) return;
-  sent = Math.max(0, sent - (count > handledBefore ? count - handledBefore : 1));
-  handledBefore = count;
-  lastAnswer = performance.now();
+  if (!(count > 0) || count === pacing.handledBefore) return;
+  const more = count > pacing.handledBefore ? count - pacing.handledBefore : 1;  // or a new session's count
+  pacing.sent = Math.max(0, pacing.sent - more);
+  pacing.handledBefore = count;
+  pacing.lastAnswer = performance.now();
 };
 const watch = () => {
   for (const video of panel.querySelectorAll("#live-camera video")) pace(video);
   const handled = panel.querySelector("#live-handled");
-  if (handled && !paced.has(handled)) {
-    paced.add(handled);
+  if (handled && !handled.livePaced) {
+    handled.livePaced = true;
     const changes = {subtree: true, childList: true, characterData: true};
     new MutationObserver(() => answered(handled)).observe(handled, changes);
   }
@@ -79,9 +89,11 @@ watch();
 """Frames sent as fast as the server answers them: Gradio's streaming webcam captures, encodes and sends a
 frame every `stream_every` whatever becomes of it (about 30 ms of the browser's CPU each), and the server
 keeps only the newest. Here a capture waits while `LIVE_IN_FLIGHT` frames are sent and not yet handled (or
-`LIVE_STALLED_MS`, whichever comes first): the server's answer to each frame, even one it skipped, changes
-a hidden count (#live-handled). Gradio's capture asks the video's width first and skips a video without
-one, so the video answers 0 while the page waits."""
+`LIVE_STALLED_MS`, after which it starts afresh): the server's answer to each frame, even one it skipped,
+changes a hidden count (#live-handled). Gradio's capture asks the video's width first and skips a video
+without one, so the video answers 0 while the page waits; a frame counts as sent when Gradio encodes it
+(its canvas's `toDataURL("image/jpeg")` right after asking), not when it merely asks (it also asks, and
+sends nothing, while its stream waits for its turn)."""
 
 
 def live_tab(answers: Answers, chosen: gr.State, limits: Limits) -> None:

@@ -70,8 +70,9 @@ def launch_options(
 
 
 class PhotoArrivals:
-    """ASGI middleware that tells `photos_first` when an upload begins and when it has arrived: a photo is
-    coming, and the page's event and the queue still lie before its handler (image_classifier/live.py)."""
+    """ASGI middleware that tells `photos_first` when an upload begins and when it has ended: a photo is
+    coming, most likely, and the page's event and the queue still lie before its handler
+    (image_classifier/live.py). Any upload counts; frames still run every `max_wait` seconds."""
 
     def __init__(self, app: ASGIApp, photos_first: PhotosFirst) -> None:
         self.app, self.photos_first = app, photos_first
@@ -85,7 +86,7 @@ class PhotoArrivals:
         try:
             await self.app(scope, receive, send)
         finally:
-            self.photos_first.photo_coming()  # counted again from its arrival
+            self.photos_first.photo_arrived()
 
 
 def both(first, second):

@@ -46,8 +46,8 @@ LIVE_IN_FLIGHT = 2
 """Frames the page has sent and the server not yet handled before it captures another: two keep the server
 busy (the next frame is there when one is done) without sending frames it would drop."""
 LIVE_STALLED_MS = 1000
-"""After this long without an answer the page sends a frame anyway (a frame lost, a stream waiting its
-turn): a stream never stalls for good."""
+"""After this long without an answer the page starts afresh, up to `LIVE_IN_FLIGHT` frames again (a frame
+lost, or held while photos go first): a stream never stalls for good."""
 LIVE_CAMERA = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
 """What the browser asks of the webcam: a small picture (the model sees 224×224 anyway), cheap to encode,
 send and decode. Gradio's default asks for 1920×1440, which takes 60 ms a frame to encode alone."""
