@@ -26,6 +26,7 @@ from PIL import Image
 
 from conftest import EXAMPLES, EXPECTED
 from hostile import corpus, encode
+from image_classifier.page.settings import LIVE_CAMERA
 from page_visit import ANY_CLASS, live_stream, many_photos, offers_visits, visit
 from servers import ServedApp, folder_files, folder_usage, process_figures
 
@@ -34,8 +35,8 @@ SETTLE_S = 45
 keep-alive connections after 5 s, and notices a closed heartbeat stream at its next beat (15 s)."""
 PHOTO_SIDES = {"small": 160, "large": 2400}
 """Good photos go as they are (about 450 px) and resized to these longest sides."""
-LIVE_FRAME = (320, 240)
-"""The Live stream's webcam frame: a photo at the size the page asks of the webcam."""
+LIVE_FRAME = tuple(LIVE_CAMERA["video"][side]["ideal"] for side in ("width", "height"))
+"""The Live stream's webcam frame: a photo at the size the page asks of the webcam (320×240)."""
 FRAMES_PER_STREAM = 100
 """Frames one Live visitor streams before pressing Stop; then another visitor starts."""
 
