@@ -55,15 +55,24 @@ def sent_by_page(page, photo: bytes) -> bytes:
 
 
 def accessibility_violations(page) -> list[str]:
-    """axe-core's WCAG 2.1 A/AA violations on the page as it is now, one line each; with the one rule axe
-    keeps experimental (label-content-name-mismatch: a control's name contains its visible text)."""
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is once its animations have ended, one line each;
+    with the one rule axe keeps experimental (label-content-name-mismatch: a control's name contains its
+    visible text)."""
     page.add_script_tag(path=str(AXE))
     return page.evaluate(
-        """async tags => (await axe.run(document, {
+        """async tags => {
+            // Once what is moving has stopped (a list that opens flies in for 200 ms): axe reads colours as
+            // they are drawn at that moment. Endless animations (a progress bar) are left running.
+            const moving = document.getAnimations()
+                .filter(a => a.effect?.getComputedTiming().endTime !== Infinity);
+            await Promise.all(moving.map(a => a.finished.catch(() => null)));
+            return (await axe.run(document, {
                 runOnly: {type: "tag", values: tags},
                 rules: {"label-content-name-mismatch": {enabled: true}},  // WCAG 2.5.3, off by default
             })).violations
-            .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(" ")).join(", ")})`)""",
+            .map(v => `${v.id}: ${v.help} (${v.nodes.map(n =>
+                [n.target.join(" "), ...n.any.map(check => check.message)].join(": ")).join(", ")})`);
+        }""",
         WCAG_21_AA,
     )
 

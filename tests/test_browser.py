@@ -310,11 +310,21 @@ def test_show_where_it_sees_any_class_by_another_method_each_state_passing_axe(p
     page.get_by_label("Heatmap method", exact=True).click()
     expect(page.get_by_role("option", name=re.compile(r"^Score-CAM \(slow"))).to_be_visible()
     assert accessibility_violations(page) == [], "the method list open"
+    asked = []  # what the page asks the server from here on: one map for one choice
+    page.on(
+        "request",
+        lambda request: asked.append(request.post_data_json) if "queue/join" in request.url else None,
+    )
     page.get_by_role("option", name="Grad-CAM++", exact=True).click()
     expect(page.locator(CAPTION)).to_contain_text("“goldfish” (probability", timeout=60_000)
     expect(page.locator(CAPTION)).to_contain_text(", by Grad-CAM++", timeout=60_000)
     expect(page.locator(HEATMAP)).to_have_attribute("alt", re.compile("by Grad-CAM\\+\\+$"))
+    expect(page.locator(".pending")).to_have_count(0)
     assert accessibility_violations(page) == [], "a class's map by another method"
+    maps_asked = [
+        request["data"] for request in asked if "Grad-CAM++" in request["data"] and len(request["data"]) == 3
+    ]
+    assert len(maps_asked) == 1, asked  # the dropdown says "input" again as it loses focus: not a second map
 
 
 def test_every_tab_passes_axe_wcag_21_aa_empty_with_a_photo_and_after_clear(page):

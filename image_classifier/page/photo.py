@@ -126,8 +126,8 @@ def see_class(shown: ShownPhoto | None, label: str | None, opacity: float):
 def change_method(shown: ShownPhoto | None, method: str | None, opacity: float):
     """Another method: the shown class's map by it, from the kept feature map (Score-CAM: the engine scores
     the photo masked by each channel)."""
-    if shown is None or shown.heatmaps is None or method is None:
-        return gr.skip(), gr.skip(), gr.skip()
+    if shown is None or shown.heatmaps is None or method in (None, shown.method or shown.heatmaps.method):
+        return gr.skip(), gr.skip(), gr.skip()  # no method, or the one shown (a new photo, a new model)
     chosen = replace(shown, method=None if method == shown.heatmaps.method else method)
     picture, caption = heatmap_picture(chosen, chosen.label, opacity, None)
     return picture, caption, chosen
@@ -207,7 +207,11 @@ def _wire_choices(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
     tab, shown, opacity = parts.tab, parts.shown, parts.opacity
     outputs = [tab.overlay, parts.caption, shown]
     tab.see.change(see_class, [shown, tab.see, opacity], outputs, **PAGE_ONLY)
-    changed = parts.method.input(change_method, [shown, parts.method, opacity], outputs, **PAGE_ONLY)
+    # .change, not .input (sent again when the dropdown loses focus, a second map while the first shows). The
+    # caption keeps describing the picture shown until the new one comes: progress shows on the picture.
+    changed = parts.method.change(
+        change_method, [shown, parts.method, opacity], outputs, show_progress_on=tab.overlay, **PAGE_ONLY
+    )
     changed.success(
         lambda name, method: method_picker(answers.models, name, value=method),
         [chosen, parts.method],
