@@ -22,10 +22,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(demo, photos_first=None) -> Iterator[str]:
+def serving(demo, photos_first=None, **options) -> Iterator[str]:
     """`demo` (an app.build_demo page) on 127.0.0.1 at a free port, launched with the app's own options
-    (theme, limits, cache cleanup, and `photos_first` if the page was built with one); yields its URL and
-    closes it after."""
+    (theme, limits, cache cleanup, and `photos_first` if the page was built with one; other `options` of
+    `launch_options`); yields its URL and closes it after."""
     import app
 
     port = free_port()
@@ -34,7 +34,7 @@ def serving(demo, photos_first=None) -> Iterator[str]:
         server_port=port,
         prevent_thread_lock=True,
         quiet=True,
-        **app.launch_options(photos_first=photos_first),
+        **app.launch_options(photos_first=photos_first, **options),
     )
     try:
         yield f"http://127.0.0.1:{port}/"

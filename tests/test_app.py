@@ -302,6 +302,40 @@ def test_the_cache_cleanup_keeps_going_while_uploads_arrive(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["example", "tmpwritten"]
 
 
+def test_the_cache_cleanup_waits_for_uploads_in_flight(oracle):
+    """Gradio moves each upload into a folder named by its content, made if missing; the cleanup deletes
+    old files and their folders. A folder that went between the two failed the upload (the soak saw it
+    once, a photo uploaded again as its old copy went): old files now go only while no upload is in
+    flight, here one whose body is still on its way."""
+    import json
+    import socket
+    import time
+
+    demo = app.build_demo(oracle, examples=[])
+    with serving(demo, delete_cache=(0.05, 0.3)) as url:
+        with urllib.request.urlopen(
+            upload_request(url, (EXAMPLES / "cat.jpg").read_bytes()), timeout=60
+        ) as answer:
+            [old] = json.load(answer)
+        request = upload_request(url, (EXAMPLES / "rocket.jpg").read_bytes())
+        head = "".join(f"{name}: {value}\r\n" for name, value in request.header_items())
+        body, port = request.data, int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            start = (
+                f"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}"
+            )
+            slow.sendall(f"{start}\r\n\r\n".encode() + body[: len(body) // 2])
+            time.sleep(1.5)  # five times as old as the cleanup deletes, thirty rounds of it
+            assert os.path.exists(old), "deleted while an upload was on its way"
+            slow.sendall(body[len(body) // 2 :])
+            assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while os.path.exists(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        folder = os.path.dirname(old)  # gone too, unless another file with the same bytes is there
+        assert not os.path.exists(old) and (not os.path.exists(folder) or os.listdir(folder))
+
+
 def test_each_heatmap_gets_a_cache_file_of_its_own(server):
     """Gradio rewrites a cached result in place whenever another request makes the same bytes, and a client
     downloading it at that moment got it truncated (the soak saw it once in 3,000 requests): every heatmap
@@ -334,6 +368,15 @@ def test_the_page_keeps_no_run_history(server):
 
 def upload(url: str, data: bytes) -> int:
     """POST `data` as a file to Gradio's upload route; its HTTP status."""
+    try:
+        with urllib.request.urlopen(upload_request(url, data), timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def upload_request(url: str, data: bytes) -> urllib.request.Request:
+    """A POST of `data` as a file named photo.jpg to Gradio's upload route."""
     boundary = "----limits-test-boundary"
     payload = (
         (
@@ -343,17 +386,12 @@ def upload(url: str, data: bytes) -> int:
         + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    request = urllib.request.Request(
+    return urllib.request.Request(
         url + "gradio_api/upload",
         data=payload,
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 @contextlib.contextmanager
