@@ -61,11 +61,16 @@ def accessibility_violations(page) -> list[str]:
     page.add_script_tag(path=str(AXE))
     return page.evaluate(
         """async tags => {
-            // Once what is moving has stopped (a list that opens flies in for 200 ms): axe reads colours as
-            // they are drawn at that moment. Endless animations (a progress bar) are left running.
-            const moving = document.getAnimations()
-                .filter(a => a.effect?.getComputedTiming().endTime !== Infinity);
-            await Promise.all(moving.map(a => a.finished.catch(() => null)));
+            // Once what is about to stop has stopped (a list that opens flies in for 200 ms): axe reads
+            // colours as they are drawn at that moment. Long and endless ones (a stream's time bar, a
+            // toast's countdown, a progress bar) are left running; a second at most.
+            const ending = document.getAnimations().filter(a => {
+                const timing = a.effect?.getComputedTiming();
+                const left = timing && timing.endTime - (timing.localTime ?? 0);
+                return a.playState === "running" && left <= 1000;
+            });
+            const aSecond = new Promise(resolve => setTimeout(resolve, 1000));
+            await Promise.race([Promise.all(ending.map(a => a.finished.catch(() => null))), aSecond]);
             return (await axe.run(document, {
                 runOnly: {type: "tag", values: tags},
                 rules: {"label-content-name-mismatch": {enabled: true}},  // WCAG 2.5.3, off by default

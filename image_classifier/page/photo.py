@@ -216,5 +216,6 @@ def _wire_choices(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         lambda name, method: method_picker(answers.models, name, value=method),
         [chosen, parts.method],
         parts.method,
+        show_progress="hidden",
         **PAGE_ONLY,
     )

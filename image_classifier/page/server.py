@@ -52,7 +52,6 @@ def launch_options(
     to; this page keeps nothing, there either (`run_history=False` also deletes what an earlier version
     recorded)."""
     idle_s, closed_s = sessions
-    uploads = UploadsInFlight()
     return {
         "theme": THEME,
         "css": CSS,
@@ -61,51 +60,33 @@ def launch_options(
         "state_session_capacity": MAX_SESSIONS,
         "app_kwargs": {
             "lifespan": both(
-                clean_cache(*delete_cache, uploads=uploads),
+                clean_cache(*delete_cache),
                 forgetting_sessions(every=min(10.0, closed_s / 4), idle_s=idle_s, closed_s=closed_s),
             ),
             "routes": list(routes),
-            "middleware": [Middleware(UploadsCounted, uploads=uploads, photos_first=photos_first)],
+            "middleware": [Middleware(PhotoArrivals, photos_first=photos_first)] if photos_first else [],
         },
     }
 
 
-class UploadsInFlight:
-    """How many uploads the server is taking in, counted on its event loop (`UploadsCounted`)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def none(self, poll: float = 0.01) -> None:
-        """Return once no upload is in flight. Code that runs after it without awaiting runs before any
-        upload begins: the event loop runs one thing at a time."""
-        while self.count:
-            await asyncio.sleep(poll)
-
-
-class UploadsCounted:
-    """ASGI middleware that counts each upload from its first byte to the end of Gradio's work on it (its
-    move into the cache, a background task of the response), and tells `photos_first`, where there is one,
-    that a photo is coming, most likely: the page's event and the queue still lie before its handler
+class PhotoArrivals:
+    """ASGI middleware that tells `photos_first` when an upload begins and when it has ended: a photo is
+    coming, most likely, and the page's event and the queue still lie before its handler
     (image_classifier/live.py). Any upload counts; frames still run every `max_wait` seconds."""
 
-    def __init__(self, app: ASGIApp, uploads: UploadsInFlight, photos_first: PhotosFirst | None) -> None:
-        self.app, self.uploads, self.photos_first = app, uploads, photos_first
+    def __init__(self, app: ASGIApp, photos_first: PhotosFirst) -> None:
+        self.app, self.photos_first = app, photos_first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         upload = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload")
         if not upload:
             await self.app(scope, receive, send)
             return
-        self.uploads.count += 1
-        if self.photos_first:
-            self.photos_first.photo_coming()
+        self.photos_first.photo_coming()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.uploads.count -= 1
-            if self.photos_first:
-                self.photos_first.photo_arrived()
+            self.photos_first.photo_arrived()
 
 
 def both(first, second):
@@ -132,11 +113,11 @@ def mounted(
     return gr.mount_gradio_app(FastAPI(routes=list(routes)), demo, "/", **options)
 
 
-def clean_cache(every: float, older_than: float, uploads: UploadsInFlight):
-    """A server lifespan that deletes the app's old uploads and results on a schedule, between `uploads`,
-    and all of them when the server stops: what Gradio's `delete_cache` promises. Gradio 6.31's own stops
-    for good the first time an upload lands during its scan ("Set changed size during iteration" ends its
-    task), after which the cache grows for the life of the server; the soak (bench/soak.py) found it."""
+def clean_cache(every: float, older_than: float):
+    """A server lifespan that deletes the app's old uploads and results on a schedule, and all of them when
+    the server stops: what Gradio's `delete_cache` promises. Gradio 6.31's own stops for good the first time
+    an upload lands during its scan ("Set changed size during iteration" ends its task), after which the
+    cache grows for the life of the server; the soak (bench/soak.py) found it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(server):
@@ -144,7 +125,7 @@ def clean_cache(every: float, older_than: float, uploads: UploadsInFlight):
             while True:
                 await asyncio.sleep(every)
                 try:
-                    await delete_old_files_between_uploads(server.get_blocks(), older_than, uploads)
+                    await delete_old_files_on_loop(server.get_blocks(), older_than)
                 except Exception:  # logged; the next round tries again
                     logger.exception("Could not clean Gradio's cache; trying again in %s s", every)
 
@@ -160,22 +141,19 @@ def clean_cache(every: float, older_than: float, uploads: UploadsInFlight):
     return lifespan
 
 
-async def delete_old_files_between_uploads(
-    blocks: gr.Blocks, older_than: float, uploads: UploadsInFlight, chunk: int = 200
-) -> int:
-    """`delete_old_files` on a running server. Gradio moves an upload into a folder named by its content,
-    made if missing: a folder removed between those two steps fails the upload (the soak saw it when a
-    photo came again as its old copy went). So the files are found in a thread, and deleted with their
-    folders on the event loop, `chunk` at a time, each chunk while no upload is in flight."""
+async def delete_old_files_on_loop(blocks: gr.Blocks, older_than: float, chunk: int = 200) -> int:
+    """`delete_old_files` on a running server. Gradio's upload route makes a folder named by the upload's
+    content and moves the file into it, with no await between: a cleanup thread that removed the folder
+    between the two failed the upload (the soak saw it, a photo uploaded again as its old copy went). So
+    the files are found in a thread, and deleted with their folders on the event loop, `chunk` at a time."""
     now = time.time()
     old = await asyncio.to_thread(old_files, blocks, older_than, now)
     deleted = 0
     for start in range(0, len(old), chunk):
-        await uploads.none()
-        deleted += delete_files(blocks, old[start : start + chunk], older_than)  # no upload begins meanwhile
-    return deleted + await asyncio.to_thread(
-        delete_stray_files, os.path.realpath(blocks.GRADIO_CACHE), older_than, now
-    )
+        deleted += delete_files(blocks, old[start : start + chunk], older_than)
+        await asyncio.sleep(0)  # requests go on between chunks
+    cache = os.path.realpath(blocks.GRADIO_CACHE)
+    return deleted + await asyncio.to_thread(delete_stray_files, cache, older_than, now)
 
 
 def delete_old_files(blocks: gr.Blocks, older_than: float | None) -> int:
