@@ -20,6 +20,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 import classifier
+import image_classifier.page.answers as answers_module
 from browser import accessibility_violations, camera_streaming, sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL
 from hostile import corpus
@@ -188,6 +189,28 @@ def test_clicking_a_bar_switches_the_heatmap_to_that_class(page):
     expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{second}”")
     second_alt, second_pixels = shown_heatmap(page)
     assert second_alt != first_alt and second_pixels != first_pixels
+
+
+def test_a_photo_replacing_another_runs_the_model_once_and_makes_one_heatmap(page, oracle, monkeypatch):
+    """Gradio's image input sends "change" twice when a photo replaces another: one forward pass and one
+    heatmap picture per photo all the same, and a photo chosen again after another is shown again."""
+    analysed, pictures = [], []
+    analyse, overlay = oracle.analyse, answers_module.overlay_heatmap
+    monkeypatch.setattr(oracle, "analyse", lambda image, **kw: analysed.append(image) or analyse(image, **kw))
+    monkeypatch.setattr(
+        answers_module, "overlay_heatmap", lambda *a, **kw: pictures.append(1) or overlay(*a, **kw)
+    )
+    for count, photo in enumerate(["cat.jpg", "coffee.jpg", "cat.jpg"], start=1):
+        page.set_input_files("input[type=file]", EXAMPLES / photo)
+        expect(page.locator(BARS).first).to_contain_text(
+            re.compile("|".join(EXPECTED[photo])), timeout=30_000
+        )
+        top = read_chart(page)[0][0]
+        expect(page.locator(HEATMAP)).to_have_attribute(
+            "alt", f"Where the model looked for “{top}”", timeout=30_000
+        )
+        page.wait_for_timeout(1000)  # a second run, if any, has had time to start
+        assert (len(analysed), len(pictures)) == (count, count), photo
 
 
 def choose_by_keyboard(page, path) -> None:
@@ -622,6 +645,23 @@ def test_compare_two_models_side_by_side(page, models):
     expect(page.locator("#compare-time-b")).to_contain_text("resnet18: ")
     expect(page.locator(f'img[alt="Where resnet18 looked for “{next(iter(expected))}”"]')).to_be_visible()
     assert accessibility_violations(page) == []
+
+
+def test_compare_runs_each_model_once_for_a_photo_replacing_another(page, monkeypatch):
+    """The Compare tab's photo sends "change" twice when it replaces another: two forward passes a photo."""
+    analysed = []
+    analyse = answers_module.analyse
+    monkeypatch.setattr(
+        answers_module, "analyse", lambda c, image, *a: analysed.append(image) or analyse(c, image, *a)
+    )
+    page.get_by_role("tab", name="Compare").click()
+    chart = page.get_by_role("tabpanel").locator('[data-testid="label"]').first
+    for count, photo in enumerate(["cat.jpg", "coffee.jpg"], start=1):
+        compare_a_photo(page, EXAMPLES / photo)
+        expect(chart.locator("dt").first).to_have_text(re.compile("|".join(EXPECTED[photo])))
+        page.wait_for_timeout(1000)  # a second run, if any, has had time to start
+        expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+        assert len(analysed) == 2 * count, photo
 
 
 def test_keyboard_alone_chooses_a_model_and_two_to_compare(page):

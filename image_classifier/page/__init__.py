@@ -10,6 +10,7 @@ compare     the Compare tab: two models side by side on one photo
 api         the API endpoints: /predict, /explain, /classify, /compare
 answers     a classifier's answer as the page shows it (bars, heatmap picture, caption); photos first
 models      what the page needs of the models (ModelSource), their picker and cards
+repeats     the twin "change" Gradio sends when a photo replaces another, run once
 components  the custom component subclasses (undecoded uploads and frames, a checked model choice)
 server      the theme, the upload limit and the lifespan (the cache cleanup) that launch() takes
 settings    the limits and defaults, with why each is what it is

@@ -12,6 +12,7 @@ import gradio as gr
 from .answers import Answers, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import load_with_progress, model_choices
+from .repeats import Repeats
 from .settings import PAGE_ONLY, Limits
 
 
@@ -94,19 +95,25 @@ def side_by_side(answers: Answers, image: str | None, names: tuple[str, str], pr
 
 def _wire(answers: Answers, compared: CompareTab) -> None:
     """A photo lands or a model changes: both sides again; a model that fails to load is put back."""
+    repeats = Repeats()  # a photo replacing another sends "change" twice (repeats.py)
 
     def compare_on_page(
         image: str | None,
         name_a: str,
         name_b: str,
         last: tuple[str, str] | None = None,
+        request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ):
         """`last` (the models shown) is given when a model was changed: the same two again need no work."""
+        nothing = (gr.skip(),) * (len(compared.outputs) + 1)
         if last is not None and (name_a, name_b) == tuple(last):
-            return (gr.skip(),) * (len(compared.outputs) + 1)
-        with answers.metered("compare_tab", name_a), answers.metered("compare_tab", name_b):
-            return *side_by_side(answers, image, (name_a, name_b), progress), (name_a, name_b)
+            return nothing
+        with repeats.first(request and request.session_hash, (image, name_a, name_b)) as first:
+            if not first:
+                return nothing  # the same photo and models are on the page already, or about to be
+            with answers.metered("compare_tab", name_a), answers.metered("compare_tab", name_b):
+                return *side_by_side(answers, image, (name_a, name_b), progress), (name_a, name_b)
 
     inputs = [compared.photo, compared.model_a, compared.model_b]
     outputs = [*compared.outputs, compared.last_models]

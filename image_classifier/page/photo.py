@@ -15,6 +15,7 @@ from image_classifier.sessions import SESSION_IDLE_S
 from .answers import Answers, ShownPhoto, finish_heatmap, heatmap_picture, no_heatmap
 from .components import ImageFile, ModelChoice, heatmap_image, photo_examples, photo_input
 from .models import ModelSource, load_with_progress, model_card, model_picker
+from .repeats import Repeats
 from .settings import PAGE_ONLY, Limits
 
 
@@ -140,14 +141,18 @@ def change_opacity(shown: ShownPhoto | None, opacity: float):
 def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
     """A photo lands: bars and heatmap; a click on a bar or the slider: another picture, no forward pass."""
     tab, shown, opacity = parts.tab, parts.shown, parts.opacity
+    repeats = Repeats()  # a photo replacing another sends "change" twice (repeats.py)
 
-    def show_photo(image: str | None, name: str):
+    def show_photo(image: str | None, name: str, request: gr.Request):
         """A photo landed (or was cleared): the bars and the session's state at once; the heatmap follows."""
-        method = method_picker(answers.models, name)  # each photo starts with the model's default method
-        if image is None:
-            return None, no_heatmap(), "", None, method
-        with answers.metered("photo", name):
-            return *answers.show(answers.classifier(name), image), method
+        with repeats.first(request.session_hash, (image, name)) as first:
+            if not first:
+                return (gr.skip(),) * 5  # the same photo is on the page already, or about to be
+            method = method_picker(answers.models, name)  # each photo starts with the model's default method
+            if image is None:
+                return None, no_heatmap(), "", None, method
+            with answers.metered("photo", name):
+                return *answers.show(answers.classifier(name), image), method
 
     landed = tab.photo.change(
         show_photo,

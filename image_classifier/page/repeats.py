@@ -1,0 +1,74 @@
+"""Gradio 6.31's image input sends "change" twice when a photo replaces another: two requests, in the same
+tick, with the same file (the second comes from the component's own effect that sees the new value as a
+new object; the first photo of a page, an example, Clear and the webcam send it once). Both would run the
+model. `Repeats` lets the tab's event run once: the second request, with the same inputs for the same
+session, waits for the first and changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+REPEAT_WINDOW_S = 10.0
+"""How long after the first has finished its twin still counts as a repeat: the twin arrives with it, but
+may wait in the queue behind another visitor's request for as long as a model takes."""
+
+
+@dataclass
+class _Run:
+    inputs: Hashable
+    done: threading.Event = field(default_factory=threading.Event)
+    finished_at: float | None = None
+
+
+class Repeats:
+    """Each session's latest inputs to one event: a request with the same inputs, while that run is going
+    or within `window_s` of its end, is a repeat. Only the latest inputs count, so a photo chosen again
+    after another one (or after Clear) is shown again."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S):
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._latest: dict[str, _Run] = {}
+
+    @contextmanager
+    def first(self, session: str | None, inputs: Hashable) -> Iterator[bool]:
+        """True inside for the run that does the work; False for a repeat, once the first run has ended
+        (so what it leaves in the session, the shown photo, is there). Without a session: always True."""
+        if session is None:
+            yield True
+            return
+        with self._lock:
+            self._forget_finished(time.monotonic() - self.window_s)
+            run = self._latest.get(session)
+            repeat = run is not None and run.inputs == inputs
+            if not repeat:
+                run = self._latest[session] = _Run(inputs)
+        if repeat:
+            run.done.wait()
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            run.finished_at = time.monotonic()
+            run.done.set()
+
+    def __len__(self) -> int:
+        """Sessions remembered (those whose latest run is going or ended within the window)."""
+        with self._lock:
+            self._forget_finished(time.monotonic() - self.window_s)
+            return len(self._latest)
+
+    def _forget_finished(self, before: float) -> None:
+        gone = [
+            key
+            for key, run in self._latest.items()
+            if run.finished_at is not None and run.finished_at < before
+        ]
+        for key in gone:
+            del self._latest[key]
