@@ -13,9 +13,10 @@ from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-REPEAT_WINDOW_S = 10.0
-"""How long after the first has finished its twin still counts as a repeat: the twin arrives with it, but
-may wait in the queue behind another visitor's request for as long as a model takes."""
+REPEAT_WINDOW_S = 3.0
+"""How long after the first has finished its twin still counts as a repeat. The twin joins the queue right
+behind it and starts as it ends, or once a request that slipped in between has had its turn. Short, so
+that choosing the same photo again (after an error, say) runs it again."""
 
 
 @dataclass
