@@ -39,9 +39,29 @@
     return null;
   }
 
-  // Width and height as a person sees the photo (EXIF orientation applied), from the header alone:
-  // an <img> does not decode its pixels until it is drawn.
-  async function uprightSize(file) {
+  // Width and height as a person sees the photo (EXIF orientation applied), from the header alone. A
+  // JPEG's come from its segments (1 ms); anything else, or a JPEG whose picture starts further in than
+  // HEADER_BYTES, from an <img>, which does not decode its pixels until it is drawn but takes 15-50 ms
+  // to load a 4 MB photo.
+  const HEADER_BYTES = 256 * 1024;
+
+  async function uprightSize(file, type) {
+    if (type === "image/jpeg") {
+      let header = null;
+      try {
+        header = jpegHeader(new Uint8Array(await file.slice(0, HEADER_BYTES).arrayBuffer()));
+      } catch (error) {
+        console.warn(`Reading ${file.name}'s size from an <img>: its segments could not be read:`, error);
+      }
+      if (header) {
+        const [width, height] = header.size;
+        return header.orientation >= 5 && header.orientation <= 8 ? [height, width] : [width, height];
+      }
+    }
+    return imageSize(file);
+  }
+
+  async function imageSize(file) {
     const url = URL.createObjectURL(file);
     try {
       const image = new Image();
@@ -89,6 +109,31 @@
       if (bytes[i] === 0xff && bytes[i + 1] !== 0 && (bytes[i + 1] < 0xd0 || bytes[i + 1] > 0xd7)) return i;
     }
     return -1;
+  }
+
+  // A JPEG's stored size ([width, height]) and EXIF orientation, from its segments before the picture's
+  // frame header; null where that header is not within `bytes`.
+  function jpegHeader(bytes) {
+    if (bytes[0] !== 0xff || bytes[1] !== 0xd8) return null;
+    let [at, orientation] = [2, null];
+    while (at + 4 <= bytes.length && bytes[at] === 0xff) {
+      const marker = bytes[at + 1];
+      if (marker === 0xff) {
+        at++; // a fill byte
+        continue;
+      }
+      if (SOF.has(marker)) {
+        if (at + 9 > bytes.length) return null;
+        const size = [(bytes[at + 7] << 8) | bytes[at + 8], (bytes[at + 5] << 8) | bytes[at + 6]];
+        return { size, orientation: orientation ?? 1 };
+      }
+      if (marker === 0xda || marker === 0xd9) return null; // a picture without a frame header
+      const end = at + 2 + ((bytes[at + 2] << 8) | bytes[at + 3]);
+      const exif = marker === 0xe1 && end <= bytes.length && startsWith(bytes, at + 4, "Exif\0\0");
+      if (exif && orientation === null) orientation = exifOrientation(bytes, at + 10, end); // the first
+      at = end;
+    }
+    return null;
   }
 
   function jpegWithoutMetadata(bytes) {
@@ -212,7 +257,7 @@
         return new File(stripped.parts, file.name, { type, lastModified: file.lastModified });
       }
     }
-    const size = await uprightSize(file);
+    const size = await uprightSize(file, type);
     const [fullWidth, fullHeight] = size;
     if (fullWidth * fullHeight > maxPixels) return file; // the server says why it refuses it
     const scale = Math.min(1, maxSide / Math.max(fullWidth, fullHeight));

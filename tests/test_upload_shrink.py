@@ -323,6 +323,26 @@ def test_every_exif_orientation_comes_out_upright(browser, served, decoder):
         page.context.close()
 
 
+def with_metadata_before_the_picture(jpeg: bytes, size: int) -> bytes:
+    """`jpeg` with `size` bytes of comment segments after its APPn segments: its frame header further in."""
+    at = 2
+    while 0xE0 <= jpeg[at + 1] <= 0xEF:
+        at += 2 + int.from_bytes(jpeg[at + 2 : at + 4], "big")
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + bytes(65533)
+    return jpeg[:at] + comment * -(-size // len(comment)) + jpeg[at:]
+
+
+def test_a_photo_whose_picture_starts_far_in_comes_out_upright(page):
+    """The size is read from the JPEG's segments where they are within the first 256 KB, from an <img>
+    beyond: both give the upright size (here a photo stored sideways, its frame header 300 KB in)."""
+    page.wait_for_function("window.imageClassifierUploads")
+    scene = upscaled(real_photo("rocket"), (2400, 1800), grain=0)
+    for padding in (0, 300_000):
+        sent = sent_by_page(page, with_metadata_before_the_picture(phone_jpeg(scene, orientation=6), padding))
+        assert_no_metadata(sent)
+        assert_shrunk_to_max_side(assert_upright_copy(sent, scene))
+
+
 BROKEN_BROWSERS = {
     "no createImageBitmap": "delete window.createImageBitmap;",
     "decoding fails": "window.createImageBitmap = () => Promise.reject(new Error('broken decoder'));",
