@@ -1,96 +1,93 @@
-"""`Repeats`: the twin of a repeated "change" waits for the first run and does nothing; other inputs run."""
+"""`Repeats`: the twin of a repeated "change" waits for the first run and answers as it did; other inputs,
+other sessions and a photo chosen again after another run."""
 
 import threading
 import time
 
-import gradio as gr
+import pytest
 
-import image_classifier.page.answers as answers
-from image_classifier.page.answers import ShownPhoto, finish_heatmap
 from image_classifier.page.repeats import Repeats
 
 
-def run_in_thread(repeats: Repeats, session: str, inputs, hold: threading.Event | None = None) -> dict:
-    """Start a run; the dict gets "first" once it has its answer, and "ended" when it returns."""
-    outcome: dict = {}
+def start(repeats: Repeats, session: str, inputs, answer, hold: threading.Event | None = None) -> dict:
+    """A request in a thread; the dict gets its "answer", "ran" (whether its own work ran) and "ended"."""
+    outcome: dict = {"ran": False}
 
-    def run() -> None:
-        with repeats.first(session, inputs) as first:
-            outcome["first"] = first
-            if hold is not None:
-                hold.wait(10)
+    def work():
+        outcome["ran"] = True
+        if hold is not None:
+            hold.wait(10)
+        return answer
+
+    def request() -> None:
+        outcome["answer"] = repeats.run(session, inputs, work, lambda first: ("twin of", first))
         outcome["ended"] = time.monotonic()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    outcome["thread"] = thread
+    outcome["thread"] = threading.Thread(target=request)
+    outcome["thread"].start()
     return outcome
 
 
-def test_a_twin_waits_for_the_first_run_and_is_told_it_is_a_repeat():
+def test_a_twin_waits_for_the_first_run_and_answers_as_it_did():
     repeats, hold = Repeats(), threading.Event()
-    first = run_in_thread(repeats, "session", ("cat.jpg", "model"), hold)
+    first = start(repeats, "session", ("cat.jpg", "model"), "bars", hold)
     time.sleep(0.05)
-    twin = run_in_thread(repeats, "session", ("cat.jpg", "model"))
+    twin = start(repeats, "session", ("cat.jpg", "model"), "bars again")
     time.sleep(0.2)
-    assert first["first"] is True and "first" not in twin  # the twin waits while the first runs
+    assert "answer" not in twin  # the twin waits while the first runs
     released = time.monotonic()
     hold.set()
     for outcome in (first, twin):
         outcome["thread"].join(5)
-    assert twin["first"] is False and twin["ended"] >= released
+    assert first["answer"] == "bars" and first["ran"]
+    assert twin["answer"] == ("twin of", "bars") and not twin["ran"] and twin["ended"] >= released
 
 
 def test_other_sessions_and_other_inputs_run_at_once():
     repeats, hold = Repeats(), threading.Event()
-    first = run_in_thread(repeats, "session", ("cat.jpg", "model"), hold)
+    first = start(repeats, "session", ("cat.jpg", "model"), "bars", hold)
     others = [
-        run_in_thread(repeats, "another session", ("cat.jpg", "model")),
-        run_in_thread(repeats, "session", ("cat.jpg", "another model")),
+        start(repeats, "another session", ("cat.jpg", "model"), "theirs"),
+        start(repeats, "session", ("cat.jpg", "another model"), "by another model"),
     ]
     for outcome in others:
         outcome["thread"].join(5)
-        assert outcome["first"] is True
+        assert outcome["ran"] and outcome["answer"] in ("theirs", "by another model")
     hold.set()
     first["thread"].join(5)
 
 
 def test_only_the_latest_inputs_count_and_only_for_a_while():
     repeats = Repeats(window_s=0.3)
-    for photo, expected in [("cat", True), ("cat", False), ("coffee", True), ("cat", True), (None, True)]:
-        with repeats.first("session", photo) as first:
-            assert first is expected, photo
-    with repeats.first("session", None) as first:
-        assert first is False  # Clear twice: nothing to do
+
+    def answer(inputs):
+        return repeats.run("session", inputs, lambda: "ran", lambda first: "twin")
+
+    assert [answer(photo) for photo in ["cat", "cat", "coffee", "cat", None, None]] == [
+        "ran",
+        "twin",
+        "ran",
+        "ran",
+        "ran",
+        "twin",  # fmt: skip
+    ]
     assert len(repeats) == 1
     time.sleep(0.4)
     assert len(repeats) == 0  # nothing is kept for a session gone quiet
-    with repeats.first("session", None) as first:
-        assert first is True
+    assert answer(None) == "ran"
 
 
-def test_without_a_session_every_run_is_a_first():
+def test_without_a_session_every_request_runs():
     repeats = Repeats()
-    for _ in range(2):
-        with repeats.first(None, "cat") as first:
-            assert first is True
+    assert [repeats.run(None, "cat", lambda: "ran", lambda first: "twin") for _ in range(2)] == ["ran", "ran"]
 
 
-def test_a_failed_run_still_lets_its_twin_go():
+def test_the_twin_of_a_failed_run_is_told_so_and_raises_nothing():
     repeats = Repeats()
-    try:
-        with repeats.first("session", "broken.jpg"):
-            raise ValueError("not an image")
-    except ValueError:
-        pass
-    with repeats.first("session", "broken.jpg") as first:
-        assert first is False  # the page already shows the first run's error
 
+    def broken():
+        raise ValueError("not an image")
 
-def test_the_heatmap_picture_is_made_once_per_photo(monkeypatch):
-    """The twin's chained heatmap event finds the picture made (or the previous photo's): it sends none."""
-    shown = ShownPhoto(b"", (0, 0, 1, 1), "cat", ["cat"], None)
-    made = []
-    monkeypatch.setattr(answers, "heatmap_picture", lambda *args: made.append(args) or ("picture", "caption"))
-    assert finish_heatmap(shown, 0.5) == ("picture", "caption")
-    assert finish_heatmap(shown, 0.5) == (gr.skip(), gr.skip()) and len(made) == 1
+    with pytest.raises(ValueError):
+        repeats.run("session", "broken.jpg", broken, lambda first: "twin")
+    assert repeats.run("session", "broken.jpg", broken, lambda first: ("twin of", first)) == ("twin of", None)

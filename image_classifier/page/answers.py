@@ -55,8 +55,6 @@ class ShownPhoto:
     """Every class's probability (one small array: `ClassProbabilities`)."""
     method: str | None = None
     """The method chosen on the page; None: the model's default."""
-    heatmap_sent: bool = False
-    """Whether `finish_heatmap` has made this photo's first picture (it makes it once: see repeats.py)."""
 
     @property
     def image(self) -> Image.Image:
@@ -227,11 +225,8 @@ class Answers:
 
 
 def finish_heatmap(shown: ShownPhoto | None, opacity: float):
-    """After the bars: the maps that need a gradient (Grad-CAM), and the shown class's picture; nothing for a
-    photo whose picture was made already (the twin of a repeated "change", which may even find the previous
-    photo still in the session)."""
-    if shown is None or shown.heatmap_sent:
+    """After the bars: the maps that need a gradient (Grad-CAM), and the shown class's picture."""
+    if shown is None:
         return gr.skip(), gr.skip()
-    shown.heatmap_sent = True
     shown.make_maps()
     return heatmap_picture(shown, shown.label, opacity, None)

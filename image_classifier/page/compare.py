@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
@@ -109,11 +110,13 @@ def _wire(answers: Answers, compared: CompareTab) -> None:
         nothing = (gr.skip(),) * (len(compared.outputs) + 1)
         if last is not None and (name_a, name_b) == tuple(last):
             return nothing
-        with repeats.first(request and request.session_hash, (image, name_a, name_b)) as first:
-            if not first:
-                return nothing  # the same photo and models are on the page already, or about to be
-            with answers.metered("compare_tab", name_a), answers.metered("compare_tab", name_b):
-                return *side_by_side(answers, image, (name_a, name_b), progress), (name_a, name_b)
+        session = request and request.session_hash
+        work = partial(compare_answer, image, (name_a, name_b), progress)
+        return repeats.run(session, (image, name_a, name_b), work, lambda first: nothing)  # shown already
+
+    def compare_answer(image: str | None, names: tuple[str, str], progress: gr.Progress) -> tuple:
+        with answers.metered("compare_tab", names[0]), answers.metered("compare_tab", names[1]):
+            return *side_by_side(answers, image, names, progress), names
 
     inputs = [compared.photo, compared.model_a, compared.model_b]
     outputs = [*compared.outputs, compared.last_models]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import gradio as gr
 
@@ -144,15 +145,17 @@ def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
     repeats = Repeats()  # a photo replacing another sends "change" twice (repeats.py)
 
     def show_photo(image: str | None, name: str, request: gr.Request):
-        """A photo landed (or was cleared): the bars and the session's state at once; the heatmap follows."""
-        with repeats.first(request.session_hash, (image, name)) as first:
-            if not first:
-                return (gr.skip(),) * 5  # the same photo is on the page already, or about to be
-            method = method_picker(answers.models, name)  # each photo starts with the model's default method
-            if image is None:
-                return None, no_heatmap(), "", None, method
-            with answers.metered("photo", name):
-                return *answers.show(answers.classifier(name), image), method
+        """A photo landed (or was cleared): the bars and the session's state at once; the heatmap follows.
+        The twin of a repeated "change" answers as the first did, so either's heatmap event finds it."""
+        work = partial(photo_answer, image, name)
+        return repeats.run(request.session_hash, (image, name), work, lambda first: first or (gr.skip(),) * 5)
+
+    def photo_answer(image: str | None, name: str) -> tuple:
+        method = method_picker(answers.models, name)  # each photo starts with the model's default method
+        if image is None:
+            return None, no_heatmap(), "", None, method
+        with answers.metered("photo", name):
+            return *answers.show(answers.classifier(name), image), method
 
     landed = tab.photo.change(
         show_photo,

@@ -1,17 +1,20 @@
 """Gradio 6.31's image input sends "change" twice when a photo replaces another: two requests, in the same
 tick, with the same file (the second comes from the component's own effect that sees the new value as a
-new object; the first photo of a page, an example, Clear and the webcam send it once). Both would run the
+new object; the first photo of a page, an example and Clear send it once). Both would run the
 model. `Repeats` lets the tab's event run once: the second request, with the same inputs for the same
-session, waits for the first and changes nothing.
+session, waits for the first and answers with what it answered (the Photo tab: the same bars and state,
+so that the heatmap event chained after either finds this photo) or with nothing (the Compare tab).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+Answer = TypeVar("Answer")
 
 REPEAT_WINDOW_S = 3.0
 """How long after the first has finished its twin still counts as a repeat. The twin joins the queue right
@@ -24,6 +27,8 @@ class _Run:
     inputs: Hashable
     done: threading.Event = field(default_factory=threading.Event)
     finished_at: float | None = None
+    answer: Any = None
+    failed: bool = False
 
 
 class Repeats:
@@ -36,13 +41,17 @@ class Repeats:
         self._lock = threading.Lock()
         self._latest: dict[str, _Run] = {}
 
-    @contextmanager
-    def first(self, session: str | None, inputs: Hashable) -> Iterator[bool]:
-        """True inside for the run that does the work; False for a repeat, once the first run has ended
-        (so what it leaves in the session, the shown photo, is there). Without a session: always True."""
+    def run(
+        self,
+        session: str | None,
+        inputs: Hashable,
+        work: Callable[[], Answer],
+        twin: Callable[[Answer | None], Answer],
+    ) -> Answer:
+        """`work()`; but for the twin of a request going or just ended (the same session and inputs), once
+        that one has ended, `twin(its answer)`, or `twin(None)` where it failed. No session: `work()`."""
         if session is None:
-            yield True
-            return
+            return work()
         with self._lock:
             self._forget_finished(time.monotonic() - self.window_s)
             run = self._latest.get(session)
@@ -51,10 +60,13 @@ class Repeats:
                 run = self._latest[session] = _Run(inputs)
         if repeat:
             run.done.wait()
-            yield False
-            return
+            return twin(None if run.failed else run.answer)
         try:
-            yield True
+            run.answer = work()
+            return run.answer
+        except BaseException:
+            run.failed = True
+            raise
         finally:
             run.finished_at = time.monotonic()
             run.done.set()
