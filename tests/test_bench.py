@@ -97,6 +97,16 @@ def test_page_benchmark_runs(tmp_path):
     assert any("heatmap_ms" in row for row in results["timings"]["loopback, 640×480"]["page, 768 px"])
 
 
+def test_replace_benchmark_runs(tmp_path):
+    """Also a canary: the page without its guard still runs the model twice (Gradio's twin "change"); the
+    day it runs once, Gradio has fixed it and image_classifier/page/repeats.py can go."""
+    run("replace.py", tmp_path)
+    results = json.loads((tmp_path / "replace.json").read_text())
+    assert [row["forward_passes"] for row in results["as shipped"]] == [1]
+    assert [row["forward_passes"] for row in results["without the guard"]] == [2]
+    assert all(row["heatmap_ms"] >= row["bars_ms"] > 0 for rows in results.values() for row in rows)
+
+
 def test_live_benchmark_runs(tmp_path):
     run("live.py", tmp_path, "--parts", "1")
     results = json.loads((tmp_path / "live.json").read_text())
