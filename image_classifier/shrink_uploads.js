@@ -13,9 +13,11 @@
 // app.py runs it once per page load with the page's settings: (settings) => installs the wrapper.
 (settings) => {
   if (window.imageClassifierUploads) return; // installed already
-  // JPEG quality 0.95: 0.9 sent a third fewer bytes but moved the model's answers twice as far
-  // (bench/upload.py: up to 0.059 in probability against 0.033).
-  const { maxSide, maxPixels, quality = 0.95 } = settings;
+  // JPEG quality 0.93: against 0.95 it sends a sixth fewer bytes (a detailed 12 MP photo: 182 KB, not 220;
+  // 200 ms less over a 1.5 Mbit/s uplink) and moves the model's answers as little (15 photos: median 0.013
+  // in probability against 0.012, at most 0.041 against 0.033); 0.92 and 0.9 moved them up to 0.066 and
+  // 0.059 (BENCHMARKS.md, section 14c).
+  const { maxSide, maxPixels, quality = 0.93 } = settings;
   const sendAsIs = window.fetch;
   // A JPEG of at most maxSide × maxSide pixels is well under this, whatever its quality and metadata.
   const SMALL_JPEG_BYTES = 4 * maxSide * maxSide;
