@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 
 import classifier
 import image_classifier.page.answers as answers_module
+import image_classifier.page.repeats as repeats
 from browser import accessibility_violations, camera_streaming, sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL
 from hostile import corpus
@@ -313,6 +314,39 @@ def test_a_new_photo_while_a_map_is_being_made_gets_its_own_map(fallback_page, h
         "alt", f"Where the model looked for “{top}”", timeout=60_000
     )
     expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{top}”")
+
+
+@pytest.fixture
+def late_twin(monkeypatch):
+    """The twin of a repeated "change" answers a second late, as when it waits behind another request."""
+    run = repeats.Repeats.run
+
+    def run_late(self, session, inputs, work, twin):
+        return run(self, session, inputs, work, lambda first: time.sleep(1) or twin(first))
+
+    monkeypatch.setattr(repeats.Repeats, "run", run_late)
+
+
+def test_a_photo_replacing_one_whose_map_is_being_made_gets_its_own_map(
+    fallback_page, held_gradcam, late_twin
+):
+    """No Clear in between, so the new photo's "change" comes twice (Gradio), the second answered late, while
+    the maps are still being made: the new photo's map is drawn all the same, and its caption resolves."""
+    page = fallback_page
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    wait_for_bars(page)
+    expect(page.locator(CAPTION)).to_contain_text("Working out where the model looked")
+    page.set_input_files("input[type=file]", EXAMPLES / "coffee.jpg")
+    expect(page.locator(BARS).first).to_contain_text(
+        re.compile("|".join(EXPECTED["coffee.jpg"])), timeout=30_000
+    )
+    top = wait_for_bars(page)[0][0]
+    page.wait_for_timeout(2000)  # the twin has answered and its events have run
+    held_gradcam.set()
+    expect(page.locator(HEATMAP)).to_have_attribute(
+        "alt", f"Where the model looked for “{top}”", timeout=60_000
+    )
+    expect(page.locator(CAPTION)).to_have_text(f"Where the model looked for “{top}”")
 
 
 def test_show_where_it_sees_any_class_by_another_method_each_state_passing_axe(page):

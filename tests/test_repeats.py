@@ -11,10 +11,11 @@ from image_classifier.page.repeats import Repeats
 
 def start(repeats: Repeats, session: str, inputs, answer, hold: threading.Event | None = None) -> dict:
     """A request in a thread; the dict gets its "answer", "ran" (whether its own work ran) and "ended"."""
-    outcome: dict = {"ran": False}
+    outcome: dict = {"ran": False, "working": threading.Event()}
 
     def work():
         outcome["ran"] = True
+        outcome["working"].set()
         if hold is not None:
             hold.wait(10)
         return answer
@@ -31,7 +32,7 @@ def start(repeats: Repeats, session: str, inputs, answer, hold: threading.Event 
 def test_a_twin_waits_for_the_first_run_and_answers_as_it_did():
     repeats, hold = Repeats(), threading.Event()
     first = start(repeats, "session", ("cat.jpg", "model"), "bars", hold)
-    time.sleep(0.05)
+    assert first["working"].wait(5)  # the first has the inputs before its twin asks
     twin = start(repeats, "session", ("cat.jpg", "model"), "bars again")
     time.sleep(0.2)
     assert "answer" not in twin  # the twin waits while the first runs
@@ -46,6 +47,7 @@ def test_a_twin_waits_for_the_first_run_and_answers_as_it_did():
 def test_other_sessions_and_other_inputs_run_at_once():
     repeats, hold = Repeats(), threading.Event()
     first = start(repeats, "session", ("cat.jpg", "model"), "bars", hold)
+    assert first["working"].wait(5)
     others = [
         start(repeats, "another session", ("cat.jpg", "model"), "theirs"),
         start(repeats, "session", ("cat.jpg", "another model"), "by another model"),
@@ -91,3 +93,12 @@ def test_the_twin_of_a_failed_run_is_told_so_and_raises_nothing():
     with pytest.raises(ValueError):
         repeats.run("session", "broken.jpg", broken, lambda first: "twin")
     assert repeats.run("session", "broken.jpg", broken, lambda first: ("twin of", first)) == ("twin of", None)
+
+
+def test_an_answer_not_kept_is_not_handed_to_the_twin():
+    repeats = Repeats()
+    assert repeats.run("session", "cat", lambda: "bars", lambda first: first, keep_answer=False) == "bars"
+    assert repeats.run("session", "cat", lambda: "bars again", lambda first: ("twin of", first)) == (
+        "twin of",
+        None,
+    )

@@ -112,7 +112,8 @@ def _wire(answers: Answers, compared: CompareTab) -> None:
             return nothing
         session = request and request.session_hash
         work = partial(compare_answer, image, (name_a, name_b), progress)
-        return repeats.run(session, (image, name_a, name_b), work, lambda first: nothing)  # shown already
+        inputs = (image, name_a, name_b)
+        return repeats.run(session, inputs, work, lambda first: nothing, keep_answer=False)  # shown already
 
     def compare_answer(image: str | None, names: tuple[str, str], progress: gr.Progress) -> tuple:
         with answers.metered("compare_tab", names[0]), answers.metered("compare_tab", names[1]):

@@ -18,8 +18,8 @@ Answer = TypeVar("Answer")
 
 REPEAT_WINDOW_S = 3.0
 """How long after the first has finished its twin still counts as a repeat. The twin joins the queue right
-behind it and starts as it ends, or once a request that slipped in between has had its turn. Short, so
-that choosing the same photo again (after an error, say) runs it again."""
+behind it: it starts with it (two requests run at once) and waits, or starts once a request ahead has ended.
+Short, so that the same photo chosen again more than 3 s later (after an error, say) runs again."""
 
 
 @dataclass
@@ -47,9 +47,11 @@ class Repeats:
         inputs: Hashable,
         work: Callable[[], Answer],
         twin: Callable[[Answer | None], Answer],
+        keep_answer: bool = True,
     ) -> Answer:
         """`work()`; but for the twin of a request going or just ended (the same session and inputs), once
-        that one has ended, `twin(its answer)`, or `twin(None)` where it failed. No session: `work()`."""
+        that one has ended, `twin(its answer)`, or `twin(None)` where it failed (or `keep_answer` is False:
+        the answer isn't kept for the twin). No session: `work()`."""
         if session is None:
             return work()
         with self._lock:
@@ -62,8 +64,10 @@ class Repeats:
             run.done.wait()
             return twin(None if run.failed else run.answer)
         try:
-            run.answer = work()
-            return run.answer
+            answer = work()
+            if keep_answer:
+                run.answer = answer
+            return answer
         except BaseException:
             run.failed = True
             raise
