@@ -113,6 +113,17 @@
     return -1;
   }
 
+  // The stored width and height a frame header (SOFn) segment at `at` gives.
+  function frameSize(bytes, at) {
+    return [(bytes[at + 7] << 8) | bytes[at + 8], (bytes[at + 5] << 8) | bytes[at + 6]];
+  }
+
+  // The EXIF orientation a segment at `at` (ending at `end`) gives; null where it is not EXIF's APP1.
+  function segmentOrientation(bytes, marker, at, end) {
+    if (marker !== 0xe1 || !startsWith(bytes, at + 4, "Exif\0\0")) return null;
+    return exifOrientation(bytes, at + 10, end);
+  }
+
   // A JPEG's stored size ([width, height]) and EXIF orientation, from its segments before the picture's
   // frame header; null where that header is not within `bytes`.
   function jpegHeader(bytes) {
@@ -126,13 +137,13 @@
       }
       if (SOF.has(marker)) {
         if (at + 9 > bytes.length) return null;
-        const size = [(bytes[at + 7] << 8) | bytes[at + 8], (bytes[at + 5] << 8) | bytes[at + 6]];
-        return { size, orientation: orientation ?? 1 };
+        return { size: frameSize(bytes, at), orientation: orientation ?? 1 };
       }
       if (marker === 0xda || marker === 0xd9) return null; // a picture without a frame header
       const end = at + 2 + ((bytes[at + 2] << 8) | bytes[at + 3]);
-      const exif = marker === 0xe1 && end <= bytes.length && startsWith(bytes, at + 4, "Exif\0\0");
-      if (exif && orientation === null) orientation = exifOrientation(bytes, at + 10, end); // the first
+      if (orientation === null && end <= bytes.length) {
+        orientation = segmentOrientation(bytes, marker, at, end); // the first EXIF's
+      }
       at = end;
     }
     return null;
@@ -151,11 +162,9 @@
       const end = at + 2 + ((bytes[at + 2] << 8) | bytes[at + 3]);
       if (end > bytes.length) return null;
       const app = marker >= 0xe0 && marker <= 0xef;
-      if (marker === 0xe1 && startsWith(bytes, at + 4, "Exif\0\0")) {
-        const orientation = exifOrientation(bytes, at + 10, end);
-        if (orientation !== 1) return null; // to be turned upright: the full path
-      }
-      if (SOF.has(marker)) size = [(bytes[at + 7] << 8) | bytes[at + 8], (bytes[at + 5] << 8) | bytes[at + 6]];
+      const orientation = segmentOrientation(bytes, marker, at, end);
+      if (orientation !== null && orientation !== 1) return null; // to be turned upright: the full path
+      if (SOF.has(marker)) size = frameSize(bytes, at);
       if (SOF.has(marker) && Math.max(...size) > maxSide) return null; // to be shrunk
       const keep = app ? KEPT_APPS[marker] && startsWith(bytes, at + 4, KEPT_APPS[marker]) : marker !== 0xfe;
       if (keep) kept.push(bytes.subarray(at, end));
