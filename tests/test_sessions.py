@@ -124,18 +124,25 @@ def test_the_scheduled_sweep_trims_the_allocator_only_after_forgetting_someone(m
     """The sweep hands freed memory back to the system (glibc keeps it otherwise: bench/sessions.py), but
     only when it forgot a session: a trim costs time on a large heap."""
     import asyncio
+    import contextvars
     from types import SimpleNamespace
 
     from image_classifier import sessions
 
     trims = []
-    monkeypatch.setattr(sessions, "release_memory", lambda: trims.append(len(holder.session_data)))
+    # The session-scoped servers of other tests sweep too, and trim through the same function: only this
+    # test's sweeps (their context, which asyncio.to_thread carries into the trim's thread) are counted.
+    ours = contextvars.ContextVar("ours", default=False)
+    monkeypatch.setattr(
+        sessions, "release_memory", lambda: ours.get() and trims.append(len(holder.session_data))
+    )
     holder, photo = holder_with_sessions([])
     used(holder, "gone", 0, photo, closed=True)
     holder.time_last_used["gone"] = datetime.datetime.now()
     server = SimpleNamespace(state_holder=holder, get_blocks=lambda: SimpleNamespace())
 
     async def sweep_for(seconds: float) -> None:
+        ours.set(True)
         async with sessions.forgetting_sessions(every=0.05, idle_s=3600, closed_s=0.2)(server):
             await asyncio.sleep(seconds)
 
