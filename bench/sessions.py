@@ -63,7 +63,7 @@ def visit(url: str, number: int, photo: bytes, expected: set[str], scratch: Path
     path.write_bytes(with_comment(photo, f"visitor {number}"))  # each visitor's own file
     try:
         with visitor.tab_open():  # the heartbeat, open from the start to the end of the visit
-            status, answer = visitor.join("/show_photo", [visitor.upload(path), None])
+            status, answer = visitor.join("/show_photo", [visitor.upload(path), None, None])
             if status != 200:
                 return f"join: {status} {answer}"
             visitor.listen()

@@ -4,8 +4,8 @@ picked in "Show where it sees…", another model is chosen (where there is one),
 (its heartbeat stream ends); and a visitor on the Live tab, streaming frames. The soak (tests/soak.py)
 mixes such visits in.
 
-Each event is sent with the session's own hash; the State inputs travel as null, as from the page, and
-Gradio fills them from the session.
+Each event is sent with the session's own hash; the State inputs (the session's model, photo and heatmap
+requests) travel as null, as from the page, and Gradio fills them from the session.
 """
 
 from __future__ import annotations
@@ -78,17 +78,17 @@ def visit(url: str, photo: Path, switch_to: str | None = None) -> dict:
 
 def _look(session: QueueSession, url: str, photo: Path, switch_to: str | None) -> dict:
     upload = session.upload(photo)
-    bars, *_ = event(session, "show_photo", [upload, None])  # the model: the session's (the default)
-    overlay, caption = event(session, "finish_heatmap", [None, OPACITY])
+    bars, *_ = event(session, "show_photo", [upload, None, None])  # the model: the session's (the default)
+    overlay, caption = event(session, "finish_heatmap", [None, OPACITY, None])
     size = picture_size(url, shown(overlay))
     clicked = bars["confidences"][1]["label"]
     selected = {"index": 1, "value": clicked, "selected": True}
-    _, clicked_caption, _ = event(session, "switch_heatmap", [None, OPACITY], selected)
-    _, picked_caption, _ = event(session, "see_class", [None, ANY_CLASS, OPACITY])
+    _, clicked_caption, _ = event(session, "switch_heatmap", [None, OPACITY, None], selected)
+    _, picked_caption, _ = event(session, "see_class", [None, ANY_CLASS, OPACITY, None])
     switched_bars = None
     if switch_to:  # the page sends its model card first (no work on the server), then this
-        _, switched_bars, *_ = event(session, "choose_model", [switch_to, None, upload])
-        event(session, "finish_heatmap", [None, OPACITY])
+        _, switched_bars, *_ = event(session, "choose_model", [switch_to, None, upload, None])
+        event(session, "finish_heatmap", [None, OPACITY, None])
     return {
         "bars": bars,
         "caption": shown(caption),

@@ -1,6 +1,7 @@
 """The Gradio app for real: a live server on 127.0.0.1, called the way API users call it."""
 
 import contextlib
+import copy
 import logging
 import os
 import subprocess
@@ -18,6 +19,7 @@ from gradio_client.exceptions import AppError
 import app
 from conftest import EXAMPLES, EXPECTED, ROOT
 from image_classifier.live import PhotosFirst
+from image_classifier.page.answers import HeatmapRequests
 from image_classifier.page.components import ImageFile, ModelChoice
 from image_classifier.page.models import as_model_set, model_card
 from image_classifier.page.server import delete_old_files
@@ -333,6 +335,17 @@ def test_the_cache_cleanup_removes_folders_on_the_servers_event_loop(oracle, mon
             time.sleep(0.05)
         assert not os.path.exists(old) and not os.path.exists(folder)  # deleted on schedule, with its folder
     assert [on_loop for path, on_loop in removed if path == folder] == [True]
+
+
+def test_only_the_newest_heatmap_request_is_shown_once_and_each_session_numbers_its_own():
+    requests = HeatmapRequests()
+    photo = requests.new()
+    picked_class = requests.new()  # a class picked while the photo's maps were being made
+    assert not requests.to_show(photo) and not requests.is_newest(photo)
+    assert requests.is_newest(picked_class)
+    assert requests.to_show(picked_class) and not requests.to_show(picked_class)  # its twin: drawn already
+    another_session = copy.deepcopy(requests)  # how gr.State gives each session its own
+    assert another_session.to_show(another_session.new()) and requests.is_newest(picked_class)
 
 
 def test_each_heatmap_gets_a_cache_file_of_its_own(server):

@@ -25,6 +25,7 @@ import image_classifier.page.repeats as repeats
 from browser import accessibility_violations, camera_streaming, sent_by_page, shown_predictions
 from conftest import EXAMPLES, EXPECTED, OFFLINE_MODEL
 from hostile import corpus
+from image_classifier.heatmaps import Heatmaps
 from servers import free_port
 
 DROP_ZONE = '[aria-label^="Drop an image file here to upload"]'
@@ -316,6 +317,100 @@ def test_a_new_photo_while_a_map_is_being_made_gets_its_own_map(fallback_page, h
     expect(page.locator(CAPTION)).to_contain_text(f"Where the model looked for “{top}”")
 
 
+GOLDFISH = re.compile(r"Where the model looked for “goldfish” \(probability \d+\.\d%\)")
+
+
+def see_goldfish(page) -> None:
+    """Pick "goldfish" in "Show where it sees…" (rarely in any photo's top five)."""
+    page.get_by_label("Show where it sees…", exact=True).click()
+    page.keyboard.type("goldfi")
+    page.get_by_role("option", name="goldfish", exact=True).click()
+
+
+@pytest.fixture
+def held_top_maps(monkeypatch):
+    """The top classes' maps (made after the bars, `ShownPhoto.make_maps`) wait until the test sets the first
+    event; the second is set once they are made."""
+    release, made = threading.Event(), threading.Event()
+    make_maps = answers_module.ShownPhoto.make_maps
+
+    def held(self):
+        release.wait(60)
+        make_maps(self)
+        made.set()
+
+    monkeypatch.setattr(answers_module.ShownPhoto, "make_maps", held)
+    yield release, made
+    release.set()
+
+
+def test_a_class_picked_before_the_top_maps_are_made_stays_shown(fallback_page, held_top_maps):
+    """The top class's map, made after the class was picked, is not drawn over the picked class's; a bar
+    clicked after the maps are made still switches."""
+    release, made = held_top_maps
+    page = fallback_page
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    predictions = wait_for_bars(page)
+    expect(page.locator(CAPTION)).to_contain_text("Working out where the model looked")
+    see_goldfish(page)
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", GOLDFISH, timeout=60_000)
+    release.set()
+    assert made.wait(60)
+    expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+    page.wait_for_timeout(1000)  # the top class's picture, had it been sent, has landed
+    expect(page.locator(CAPTION)).to_have_text(GOLDFISH)
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", GOLDFISH)
+    second = predictions[1][0]
+    page.locator(BARS).nth(1).click()
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{second}”")
+
+
+@pytest.fixture
+def held_method(monkeypatch):
+    """Grad-CAM++ maps wait until the test sets the first event; the second is set once one is made."""
+    release, made = threading.Event(), threading.Event()
+    cams = Heatmaps.cams
+
+    def held(self, labels, method=None):
+        if method != "Grad-CAM++":
+            return cams(self, labels, method)
+        release.wait(60)
+        try:
+            return cams(self, labels, method)
+        finally:
+            made.set()
+
+    monkeypatch.setattr(Heatmaps, "cams", held)
+    yield release, made
+    release.set()
+
+
+def test_a_slow_map_of_the_last_photo_does_not_land_over_the_new_one(page, held_method):
+    """Grad-CAM++ asked for one photo, another photo chosen before its map came: the new photo's picture
+    stays, and its bars still switch its own maps (the session's photo is the new one)."""
+    release, made = held_method
+    page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
+    read_chart(page)
+    expect(page.locator(HEATMAP)).to_be_visible(timeout=30_000)
+    page.get_by_label("Heatmap method", exact=True).click()
+    page.get_by_role("option", name="Grad-CAM++", exact=True).click()
+    page.set_input_files("input[type=file]", EXAMPLES / "coffee.jpg")
+    expect(page.locator(BARS).first).to_contain_text(
+        re.compile("|".join(EXPECTED["coffee.jpg"])), timeout=30_000
+    )
+    predictions = read_chart(page)
+    top, second = predictions[0][0], predictions[1][0]
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{top}”")
+    release.set()
+    assert made.wait(60)
+    expect(page.locator(".pending")).to_have_count(0, timeout=30_000)
+    page.wait_for_timeout(1000)  # the cat's Grad-CAM++ picture, had it been sent, has landed
+    expect(page.locator(CAPTION)).to_have_text(f"Where the model looked for “{top}”")
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{top}”")
+    page.locator(BARS).nth(1).click()
+    expect(page.locator(CAPTION)).to_have_text(f"Where the model looked for “{second}”")
+
+
 @pytest.fixture
 def late_twin(monkeypatch):
     """The twin of a repeated "change" answers a second late, as when it waits behind another request."""
@@ -353,19 +448,15 @@ def test_show_where_it_sees_any_class_by_another_method_each_state_passing_axe(p
     """The class picker (its list open, filtered), a class outside the top five with its probability, the
     method picker open (the slow method says how slow) and a map by another method: no axe violation."""
     page.set_input_files("input[type=file]", EXAMPLES / "cat.jpg")
-    top = read_chart(page)[0][0]
-    # The top class's map first, as a person sees the page settle: a class picked before it lands is drawn
-    # over by it (known, not fixed yet: finish_heatmap answers for the class shown when it started)
-    expect(page.locator(HEATMAP)).to_have_attribute("alt", f"Where the model looked for “{top}”")
+    read_chart(page)
     page.get_by_label("Show where it sees…", exact=True).click()
     page.keyboard.type("goldfi")  # the list filters as one types
     goldfish = page.get_by_role("option", name="goldfish", exact=True)
     expect(goldfish).to_be_visible()
     assert accessibility_violations(page) == [], "the class list open"
     goldfish.click()
-    shown = re.compile(r"Where the model looked for “goldfish” \(probability \d+\.\d%\)")
-    expect(page.locator(CAPTION)).to_contain_text(shown)
-    expect(page.locator(HEATMAP)).to_have_attribute("alt", shown)
+    expect(page.locator(CAPTION)).to_contain_text(GOLDFISH)
+    expect(page.locator(HEATMAP)).to_have_attribute("alt", GOLDFISH)
     page.get_by_label("Heatmap method", exact=True).click()
     expect(page.get_by_role("option", name=re.compile(r"^Score-CAM \(slow"))).to_be_visible()
     assert accessibility_violations(page) == [], "the method list open"
@@ -380,8 +471,8 @@ def test_show_where_it_sees_any_class_by_another_method_each_state_passing_axe(p
     expect(page.locator(HEATMAP)).to_have_attribute("alt", re.compile("by Grad-CAM\\+\\+$"))
     expect(page.locator(".pending")).to_have_count(0)
     assert accessibility_violations(page) == [], "a class's map by another method"
-    maps_asked = [
-        request["data"] for request in asked if "Grad-CAM++" in request["data"] and len(request["data"]) == 3
+    maps_asked = [  # change_method's: the photo, the method, the opacity and the session's requests
+        request["data"] for request in asked if "Grad-CAM++" in request["data"] and len(request["data"]) == 4
     ]
     assert len(maps_asked) == 1, asked  # the dropdown says "input" again as it loses focus: not a second map
 

@@ -7,6 +7,7 @@ how many classes to show, and the rule that photos go ahead of live webcam frame
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -55,6 +56,8 @@ class ShownPhoto:
     """Every class's probability (one small array: `ClassProbabilities`)."""
     method: str | None = None
     """The method chosen on the page; None: the model's default."""
+    request: int = 0
+    """Which of the session's `HeatmapRequests` this photo's picture answers."""
 
     @property
     def image(self) -> Image.Image:
@@ -69,12 +72,46 @@ class ShownPhoto:
             self.source = None
 
     def map_of(self, label: str) -> np.ndarray | None:
-        """The map of `label` by the chosen method; None while the top classes' maps are still to be made."""
+        """The map of `label` by the chosen method, kept or made now (a top class's, while `make_maps` is
+        making them: once it has); None where the photo has no maps."""
         if self.method is None and label in self.maps:
             return self.maps[label]
-        if self.heatmaps is None or (self.method is None and self.source is not None):
-            return None
-        return self.heatmaps.cam(label, self.method)
+        return None if self.heatmaps is None else self.heatmaps.cam(label, self.method)
+
+
+class HeatmapRequests:
+    """Numbers a session's requests for what the heatmap's place shows (a photo, a bar, a class, a method), so
+    that an answer overtaken by a newer request is dropped instead of drawn over it: a slow map for the
+    previous photo, or the top class's map once another class has been picked. One per session: a gr.State,
+    which gives each session a copy of its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest = 0
+        self._shown = 0
+
+    def __deepcopy__(self, memo: dict) -> HeatmapRequests:
+        return HeatmapRequests()  # a new session's: numbered from the start (a lock can't be copied)
+
+    def new(self) -> int:
+        """The number of a request made now: newer than every one before it."""
+        with self._lock:
+            self._newest += 1
+            return self._newest
+
+    def is_newest(self, request: int) -> bool:
+        """Whether no request has been made since `request`."""
+        with self._lock:
+            return request == self._newest
+
+    def to_show(self, request: int) -> bool:
+        """Whether to show the answer to `request` now: it is the newest, and no answer to it has been shown
+        (the heatmap event chained after a repeated "change" runs twice: repeats.py). Says yes once."""
+        with self._lock:
+            if request != self._newest or request == self._shown:
+                return False
+            self._shown = request
+            return True
 
 
 def display_size(image: Image.Image) -> Image.Image:
@@ -130,8 +167,8 @@ def heatmap_picture(
     if shown is None:  # the words say it; no empty picture beside them
         return gr.Image(value=None, visible=False), no_heatmap_reason
     cam = shown.map_of(label)
-    if cam is None:  # a Grad-CAM map, made after the bars are shown
-        return no_heatmap(), pending_caption(label, model)
+    if cam is None:  # no maps kept for this photo
+        return no_heatmap(), no_heatmap_reason
     picture = own_file(overlay_heatmap(shown.image, cam, shown.region, opacity))
     caption = heatmap_caption(label, model)  # said once, under the picture; the picture's text alternative
     if label not in shown.labels and label in shown.probabilities:
@@ -224,9 +261,12 @@ class Answers:
         return predictions, picture, caption, shown
 
 
-def finish_heatmap(shown: ShownPhoto | None, opacity: float):
-    """After the bars: the maps that need a gradient (Grad-CAM), and the shown class's picture."""
-    if shown is None:
+def finish_heatmap(shown: ShownPhoto | None, opacity: float, requests: HeatmapRequests):
+    """After the bars: the maps that need a gradient (Grad-CAM), and the shown class's picture; nothing where
+    the page has asked for another picture since the photo was shown (a bar, a class, a method, a photo)."""
+    if shown is None or not requests.is_newest(shown.request):
         return gr.skip(), gr.skip()
     shown.make_maps()
+    if not requests.to_show(shown.request):
+        return gr.skip(), gr.skip()
     return heatmap_picture(shown, shown.label, opacity, None)
