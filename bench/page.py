@@ -3,6 +3,7 @@ pipeline, side by side in one run; and over a phone's uplink.
 
     python bench/page.py            # about 5 minutes on 2 cores
     python bench/page.py --quick    # tiny smoke run (the test suite uses it)
+    python bench/page.py --sides 1024 --no-fidelity --before ../before   # beside an earlier checkout
 
 Servers on 127.0.0.1, each its own process and Gradio cache, all answering with the EfficientNet-Lite0
 oracle: bench/plain_app.py (the plain Interface: Gradio's defaults, PIL's full decode, an eager forward)
@@ -82,6 +83,9 @@ def one_round(browser, url: str, photo: Path, throttle: dict | None, heatmap: bo
         page.locator(DROP_ZONE).first.wait_for()
         page.wait_for_timeout(500)  # the page settles (its load event has run), as a person's would
         page.evaluate(WATCH_CHOICE)
+        # Playwright's first wait_for_function on a page evaluates a script there: 12 ms of the page's main
+        # thread in a Chromium trace, which landed while the page was shrinking the photo. Done now instead.
+        page.wait_for_function("() => true")
         if throttle:
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
@@ -116,18 +120,21 @@ def photos(workdir: Path) -> dict[str, Path]:
 
 
 def side_by_side(browser, urls: dict[str, str], pictures: dict, throttle: dict, rounds: int) -> dict:
+    """Each contender chooses each photo over loopback, then the page (as shipped: "page, N px") the 12 MP
+    photo over the phone's uplink, round after round, the order reversed every other round."""
     results: dict = {}
+    shipped = [name for name in urls if name.startswith("page, ")]  # heatmap and uplink: this page's
     for url in urls.values():  # warm-up: first page load, first answer
         one_round(browser, url, next(iter(pictures.values())), None, False)
     for round_ in range(rounds):
         order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
         for label, photo in pictures.items():
             for name in order:
-                row = one_round(browser, urls[name], photo, None, name != "plain")
+                row = one_round(browser, urls[name], photo, None, name in shipped)
                 results.setdefault(f"loopback, {label}", {}).setdefault(name, []).append(row)
         big = list(pictures.values())[-1]
         for name in order[::-1]:
-            if name != "plain":
+            if name in shipped:
                 row = one_round(browser, urls[name], big, throttle, False)
                 results.setdefault("1.5 Mbit/s up, 50 ms RTT, 12 MP", {}).setdefault(name, []).append(row)
     return results
@@ -161,6 +168,13 @@ def main() -> None:
     parser.add_argument("--sides", default="1024,768", help="the page's --upload-max-side values to measure")
     parser.add_argument("--seeds", type=int, default=3, help="grain seeds per photo for the fidelity check")
     parser.add_argument("--quick", action="store_true", help="one round, no fidelity")
+    parser.add_argument("--no-fidelity", action="store_true", help="the timings only")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="another checkout of this repository (git worktree add): its page measured beside the rest",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     throttle = {
@@ -178,6 +192,9 @@ def main() -> None:
         for side in sides:
             command = [str(ROOT / "tests" / "serve.py"), "--upload-max-side", str(side)]
             servers[f"page, {side} px"] = start(command, f"page-{side}", workdir)
+        if args.before:
+            before = args.before.resolve()
+            servers[f"page at {before.name}"] = start([str(before / "tests" / "serve.py")], "before", workdir)
         try:
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
@@ -185,7 +202,7 @@ def main() -> None:
                 results = side_by_side(browser, urls, pictures, throttle, 1 if args.quick else args.rounds)
                 report(results)
                 fidelities = {}
-                for side in [] if args.quick else sides:
+                for side in [] if args.quick or args.no_fidelity else sides:
                     page = browser.new_page()
                     page.goto(urls[f"page, {side} px"])
                     page.wait_for_function("window.imageClassifierUploads")
