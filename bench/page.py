@@ -4,9 +4,11 @@ pipeline, side by side in one run; and over a phone's uplink.
     python bench/page.py            # about 5 minutes on 2 cores
     python bench/page.py --quick    # tiny smoke run (the test suite uses it)
     python bench/page.py --sides 1024 --no-fidelity --before ../before   # beside an earlier checkout
+    python bench/page.py --sides 1024 --no-fidelity --floor   # and a plain Interface that does no work
 
 Servers on 127.0.0.1, each its own process and Gradio cache, all answering with the EfficientNet-Lite0
-oracle: bench/plain_app.py (the plain Interface: Gradio's defaults, PIL's full decode, an eager forward)
+oracle: bench/plain_app.py (the plain Interface: Gradio's defaults, PIL's full decode, an eager forward;
+with --floor also the same Interface answering at once without reading the photo: Gradio's own floor)
 and the page (tests/serve.py) once per --sides value of --upload-max-side (the long side the browser
 shrinks photos to before sending them). Debian's Chromium (tests/browser.py) chooses each photo through the
 file input, in a fresh browser context per round, rounds alternating the contenders' order:
@@ -170,6 +172,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round, no fidelity")
     parser.add_argument("--no-fidelity", action="store_true", help="the timings only")
     parser.add_argument(
+        "--floor", action="store_true", help="also the plain Interface answering at once, the photo unread"
+    )
+    parser.add_argument(
         "--before",
         type=Path,
         metavar="CHECKOUT",
@@ -189,6 +194,9 @@ def main() -> None:
         workdir = Path(tmp)
         pictures = photos(workdir)
         servers = {"plain": start([str(ROOT / "bench" / "plain_app.py")], "plain", workdir)}
+        if args.floor:
+            command = [str(ROOT / "bench" / "plain_app.py"), "--no-work"]
+            servers["Gradio, no work"] = start(command, "no-work", workdir)
         for side in sides:
             command = [str(ROOT / "tests" / "serve.py"), "--upload-max-side", str(side)]
             servers[f"page, {side} px"] = start(command, f"page-{side}", workdir)

@@ -3,8 +3,10 @@ pipeline (PIL's full decode, the seed's transform, an eager float32 forward), th
 EfficientNet-Lite0 oracle so that it answers with the same model as the page it is measured against.
 
 python bench/plain_app.py PORT
+python bench/plain_app.py --no-work PORT   # Gradio's floor: the same Interface, a fixed answer, no decode
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from oracle import load_oracle  # noqa: E402
 from seed import SEED_TRANSFORM  # noqa: E402
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--no-work", action="store_true", help="answer five fixed classes, the photo unread")
+    args = parser.parse_args()
     oracle = load_oracle(precision="exact")
     model, labels = oracle.model.eval(), oracle.labels
 
@@ -26,7 +32,11 @@ if __name__ == "__main__":
         top = torch.topk(probabilities, 5)
         return {labels[i]: p.item() for p, i in zip(top.values, top.indices, strict=True)}
 
+    def no_work(path):
+        return {label: 0.5**rank for rank, label in enumerate(labels[:5], start=1)}
+
     # live: classified as soon as the photo lands, as the page does (no Submit click to time)
-    gr.Interface(predict, gr.Image(type="pil"), gr.Label(num_top_classes=5), live=True).launch(
-        server_name="127.0.0.1", server_port=int(sys.argv[1])
+    photo = gr.Image(type="filepath" if args.no_work else "pil")  # a path: Gradio decodes nothing
+    gr.Interface(no_work if args.no_work else predict, photo, gr.Label(num_top_classes=5), live=True).launch(
+        server_name="127.0.0.1", server_port=args.port
     )

@@ -88,12 +88,13 @@ def test_upload_benchmark_runs(tmp_path):
 
 
 def test_page_benchmark_runs(tmp_path):
-    run("page.py", tmp_path, "--sides", "768")
+    run("page.py", tmp_path, "--sides", "768", "--floor")
     results = json.loads((tmp_path / "page.json").read_text())
     for case, contenders in results["timings"].items():
         rows = [row for rows in contenders.values() for row in rows]
         assert rows and all(row["bars_ms"] > 0 for row in rows), case
         assert all(row["heatmap_ms"] >= row["bars_ms"] for row in rows if "heatmap_ms" in row), case
+    assert {"plain", "Gradio, no work", "page, 768 px"} <= set(results["timings"]["loopback, 640×480"])
     assert any("heatmap_ms" in row for row in results["timings"]["loopback, 640×480"]["page, 768 px"])
 
 
