@@ -249,14 +249,15 @@ class Answers:
         with self.photos_first.photo() as threads:
             return analyse(classifier, image, self.top_k, threads)
 
-    def show(self, classifier: Classifier, image: str):
-        """The bars at once, with what the session keeps of the photo; the heatmap picture follows
-        (`finish_heatmap`): here an empty one, its caption saying it is on its way. A model without
-        heatmaps: no picture, and why in its place."""
+    def show(self, classifier: Classifier, image: str, request: int = 0):
+        """The bars at once, with what the session keeps of the photo (answering `request`, one of its
+        `HeatmapRequests`); the heatmap picture follows (`finish_heatmap`): here an empty one, its caption
+        saying it is on its way. A model without heatmaps: no picture, and why in its place."""
         predictions, shown = self.analyse(classifier, image)
         if shown is None:
             picture, caption = heatmap_picture(None, "", 0, classifier.no_heatmaps_reason)
         else:
+            shown.request = request
             picture, caption = no_heatmap(), pending_caption(shown.label)
         return predictions, picture, caption, shown
 

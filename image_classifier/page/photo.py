@@ -172,12 +172,10 @@ def _wire_photo(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
         if image is None:
             return None, no_heatmap(), "", None, method
         with answers.metered("photo", name):
-            bars, picture, caption, photo = answers.show(answers.classifier(name), image)
+            answer = answers.show(answers.classifier(name), image, asked)
         if not heatmap_requests.is_newest(asked):  # another photo, or Clear, came while this one was analysed
             return nothing
-        if photo is not None:
-            photo.request = asked
-        return bars, picture, caption, photo, method
+        return *answer, method
 
     landed = tab.photo.change(
         show_photo,
@@ -225,12 +223,10 @@ def _wire_picker(answers: Answers, chosen: gr.State, parts: _Parts) -> None:
             card, method = model_card(models, name), method_picker(models, name)
             if image is None:
                 return card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), method, name
-            bars, picture, caption, photo = answers.show(classifier, image)
+            answer = answers.show(classifier, image, asked)
         if not heatmap_requests.is_newest(asked):
             return card, *(gr.skip(),) * 5, name
-        if photo is not None:
-            photo.request = asked
-        return card, bars, picture, caption, photo, method, name
+        return card, *answer, method, name
 
     # .change, not .input: a dropdown sends "input" again when it loses focus; this fires once per choice.
     # The card shows torchvision's figures at once, what this machine measured once the model has loaded.
